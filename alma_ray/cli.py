@@ -1,0 +1,98 @@
+"""``alma-ray``: run the recipe, prepare the embedded models, inspect a config.
+
+Examples::
+
+    alma-ray run --config jobs/configs/laptop.yaml
+    alma-ray run --config jobs/configs/tiny.yaml generation.n=8 name=tiny-n8
+    alma-ray config show --config jobs/configs/laptop.yaml resources.use_gpu=true
+    alma-ray models prepare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from alma_ray.config import ConfigError, load_config
+from alma_ray.models.registry import EMBEDDED, ModelError, cache_dir, prepare_embedded
+from alma_ray.seeds import SeedError
+from alma_ray.recipes.alma import EmptyStageError
+from alma_ray.store import StoreError
+
+OVERRIDES_HELP = "config overrides as key=value (YAML values), e.g. generation.n=8 train.zero_stage=3"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alma-ray", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) the ALMA recipe described by a config",
+                         description="Run every round of the recipe. Stages already written to the run directory "
+                                     "are skipped, so rerunning resumes. The last line printed is a JSON summary.")
+    run.add_argument("--config", required=True, help="YAML preset, e.g. jobs/configs/laptop.yaml")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    cfg = sub.add_parser("config", help="inspect a config")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = cfg_sub.add_parser("show", help="print the resolved config and its placement plan")
+    show.add_argument("--config", required=True)
+    show.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    models = sub.add_parser("models", help="the embedded models that ship inside PyPI packages")
+    m_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prep = m_sub.add_parser("prepare", help="convert embedded models into HF folders in the cache",
+                            description=f"Writes HF model folders under $ALMA_RAY_CACHE/models "
+                                        f"(now {cache_dir() / 'models'}). Models: {', '.join(EMBEDDED)}.")
+    prep.add_argument("names", nargs="*", help="which models (default: all)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if present")
+    m_sub.add_parser("list", help="list embedded models and whether they are prepared")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from alma_ray.placement import plan_resources
+    from alma_ray.recipes.alma import run_alma
+    from alma_ray.runtime import init_ray
+
+    config = load_config(args.config, args.overrides)
+    init_ray(plan_resources(config), args.address)
+    summary = run_alma(config)
+    result = summary.json()
+    print(f"\nrun finished in {summary.wall_s:.1f} s; outputs in {summary.run_dir}")
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "config":
+            from alma_ray.placement import plan_resources
+
+            config = load_config(args.config, args.overrides)
+            print(config.to_yaml())
+            print(plan_resources(config).describe())
+            return 0
+        if args.action == "prepare":
+            for name in args.names or list(EMBEDDED):
+                t0 = time.time()
+                path = prepare_embedded(name, force=args.force)
+                print(f"{name}: {path} ({time.time() - t0:.1f} s)")
+            return 0
+        for name, (_, about) in EMBEDDED.items():
+            state = "prepared" if (cache_dir() / "models" / name / ".complete").exists() else "not prepared"
+            print(f"embedded:{name:<24} {state:<13} {about}")
+        return 0
+    except (ConfigError, ModelError, SeedError, StoreError, EmptyStageError) as e:
+        print(f"alma-ray: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""One typed schema for a run: defaults live here and nowhere else.
+
+A run is described by a YAML preset (``jobs/configs/*.yaml``) plus ``key=value`` overrides from the command
+line (``generation.n=8``, ``train.zero_stage=3``). Unknown keys and bad values stop the run before any work
+starts, with a message that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which file/key and what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Checkpoint(_Section):
+    """A model that samples responses, with its share of the N samples per prompt."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str
+    weight: float = Field(default=1.0, gt=0)
+    chat_template: bool | None = None
+    """Wrap prompts with the tokenizer's chat template; None: use it when the tokenizer has one."""
+
+
+class SynthesisConfig(_Section):
+    """Few-shot prompt synthesis with the base model (ALMA section 'Prompt synthesis')."""
+
+    seeds: list[str] = ["embedded:mt-bench", "embedded:ifbench", "embedded:writingbench"]
+    """Seed prompt sources: JSONL/parquet files with a 'prompt' column, or embedded:<name>."""
+    skip_bad_seed_lines: bool = False
+    max_seed_chars: int = Field(default=600, gt=0)
+    heldout: int = Field(default=8, ge=0)
+    """Seed prompts held out (never shown as few-shot examples) to probe each round's checkpoint."""
+    k_shot: int = Field(default=4, ge=1, le=16)
+    num_requests: int = Field(default=64, gt=0)
+    temperature: float = Field(default=1.2, ge=0)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    max_tokens: int = Field(default=64, gt=0)
+    min_chars: int = Field(default=12, ge=1)
+    max_chars: int = Field(default=1000, gt=0)
+
+
+class GenerationConfig(_Section):
+    """Best-of-N sampling: N responses per prompt, split across checkpoints by weight."""
+
+    checkpoints: list[Checkpoint] = Field(min_length=1)
+    n: int = Field(default=4, ge=1)
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=128, gt=0)
+    stop: list[str] = []
+    completion_template: str = "User: {prompt}\nAssistant:"
+    """Used for models without a chat template (base models)."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GenerationConfig:
+        names = [c.name for c in self.checkpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"checkpoint names must be unique, got {names}")
+        return self
+
+
+class JudgeConfig(_Section):
+    """LLM-as-judge giving a real-valued 0-10 score from the score-token probabilities."""
+
+    model: str
+    version: str = "v1"
+    """Bump when the judge's weights or prompt change meaningfully; recorded on every scored row."""
+    chat_template: bool | None = None
+    max_response_chars: int = Field(default=4000, gt=0)
+
+
+class TrainConfig(_Section):
+    """SFT with Ray Train + DeepSpeed ZeRO; ALMA trains from the base model on D_1..D_r."""
+
+    init: Literal["base", "latest"] = "base"
+    seed: int = 0
+    epochs: int = Field(default=1, ge=1)
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    micro_batch: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_seq_len: int = Field(default=512, ge=16)
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: fp32 on CPU, bf16 on GPU."""
+    report_every: int = Field(default=10, ge=1)
+
+
+class EngineConfig(_Section):
+    """vLLM engine settings shared by every pool."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """auto: bfloat16 on GPU; on CPU the model's own dtype."""
+    max_model_len: int = Field(default=2048, ge=64)
+    kv_cache_gb: float = Field(default=1.0, gt=0)
+    """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE); on GPU vLLM sizes it itself."""
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    """Prompts per Ray Data batch handed to an engine actor."""
+
+
+class ResourcesConfig(_Section):
+    """What the run may use; the placement plan is derived from this (alma_ray.placement)."""
+
+    use_gpu: bool = False
+    engines_per_checkpoint: int = Field(default=1, ge=1)
+    judge_engines: int = Field(default=1, ge=1)
+    cpus_per_engine: float = Field(default=1.0, gt=0)
+    train_workers: int = Field(default=2, ge=1)
+    cpus_per_train_worker: float = Field(default=1.0, gt=0)
+
+
+class Config(_Section):
+    """A whole run."""
+
+    name: str = Field(default="alma", pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: str = "runs"
+    seed: int = 0
+    rounds: int = Field(default=1, ge=1)
+    prompts_per_round: int = Field(default=16, ge=1)
+    base_model: str
+    """The pretrained model: it synthesizes prompts and is what SFT starts from."""
+    synthesis: SynthesisConfig = SynthesisConfig()
+    generation: GenerationConfig
+    judge: JudgeConfig
+    train: TrainConfig = TrainConfig()
+    engine: EngineConfig = EngineConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def digest(self) -> str:
+        """A stable hash of everything that shapes the data (where it is written and on what resources excluded)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir", "resources"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` -> (key.sub, value parsed as YAML, so 3 is an int and [a, b] a list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not key=value (e.g. generation.n=8)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {e}") from e
+    return key.strip(), value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}': remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"  - missing key '{key}': it has no default, set it in the file or as {key}=...")
+        else:
+            lines.append(f"  - '{key}' = {e.get('input')!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML preset, apply ``key=value`` overrides, validate. Raises ConfigError with a fix-it message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (presets live in jobs/configs/)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(tree).__name__}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, f"override '{text}'")
+    source = str(path) + (f" + overrides {list(overrides)}" if overrides else "")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None

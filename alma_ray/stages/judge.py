@@ -1,0 +1,167 @@
+"""LLM-as-judge with real-valued scores read from the score-token probabilities (ALMA's judge).
+
+The judge sees ALMA's rubric and answers ``Rating: [[s]]``. Instead of sampling ``s`` we read p(s) for
+s = 0..10 at the rating position and score = sum_s p(s) * s. Tokenizers split "10" into "1" + "0", so p(10) and
+p(1) need a second position: p(10) = p("1") * p("0" | "1") and p(1) = p("1") * p(no further digit | "1"); a
+tokenizer with a single "10" token adds that token's probability to p(10). Both positions are scored in one
+vLLM call (``logprob_token_ids``: exact log-probs of just those tokens, no top-k truncation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray.data import ActorPoolStrategy, Dataset
+
+from alma_ray.config import Config, EngineConfig
+from alma_ray.engine import actor_remote_args, build_llm, format_prompt, uses_chat_template
+
+JUDGE_TEMPLATE = """Please act as an impartial judge and evaluate the quality of the response provided by an \
+AI assistant to the user prompt displayed below. Your evaluation should consider factors such as the \
+helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Rate the response on \
+a scale of 0 to 10, where:
+0: Unusable. The response is empty, nonsensical, or unrelated to the prompt.
+1: Very poor. Barely addresses the prompt; mostly wrong or incoherent.
+2: Poor. Addresses the prompt but with major errors or omissions.
+3: Weak. Partly helpful; significant problems with accuracy or relevance.
+4: Below average. Some useful content, but clearly incomplete or flawed.
+5: Average. Adequate answer with noticeable gaps or minor errors.
+6: Above average. Helpful and mostly accurate, lacking depth or polish.
+7: Good. Accurate, relevant and clear, with small room for improvement.
+8: Very good. Thorough, accurate and well organized.
+9: Excellent. Insightful, complete and precise; hard to improve.
+10: Outstanding. The best possible response to this prompt.
+Output your rating strictly in this format: "[[rating]]", for example: "Rating: [[5]]".
+
+# Prompt:
+{prompt}
+
+# Response:
+{response}"""
+RATING_PREFIX = "Rating: [["
+SCORES = np.arange(11, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ScoreTokens:
+    """The judge tokenizer's ids for the digits after ``RATING_PREFIX`` (and a single "10" token, if any)."""
+
+    digits: list[int]
+    ten: int | None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> ScoreTokens:
+        base = tokenizer.encode(RATING_PREFIX, add_special_tokens=False)
+
+        def suffix(text: str) -> list[int]:
+            ids = tokenizer.encode(RATING_PREFIX + text, add_special_tokens=False)
+            if ids[: len(base)] != base:
+                raise ValueError(f"judge tokenizer merges '{text}' into '{RATING_PREFIX}'; "
+                                 "choose a rating prefix that ends on a token boundary")
+            return ids[len(base):]
+
+        digits = []
+        for d in range(10):
+            ids = suffix(str(d))
+            if len(ids) != 1:
+                raise ValueError(f"judge tokenizer encodes the digit {d} as {len(ids)} tokens; need exactly one")
+            digits.append(ids[0])
+        ten = suffix("10")
+        if ten == [digits[1], digits[0]]:
+            return cls(digits, None)
+        if len(ten) == 1:
+            return cls(digits, ten[0])
+        raise ValueError(f"judge tokenizer encodes '10' as {ten}: neither one token nor '1' + '0'")
+
+
+def score_distribution(first: dict[int, float], after_one: dict[int, float], tokens: ScoreTokens
+                       ) -> tuple[np.ndarray, float]:
+    """The 11-way score distribution from log-probs at the rating position (``first``) and after a "1".
+
+    Returns (probabilities over 0..10 summing to 1, the raw probability mass the judge put on valid scores).
+    """
+    p = np.array([math.exp(first[t]) for t in tokens.digits], dtype=np.float64)
+    q = np.array([math.exp(after_one[t]) for t in tokens.digits], dtype=np.float64)
+    p_one = p[1]
+    probs = np.zeros(11, dtype=np.float64)
+    probs[:10] = p
+    probs[1] = p_one * max(0.0, 1.0 - q.sum())  # "1" then the rating closes
+    probs[10] = p_one * q[0] + (math.exp(first[tokens.ten]) if tokens.ten is not None else 0.0)
+    mass = float(probs.sum())
+    return (probs / mass if mass > 0 else np.full(11, 1 / 11)), mass
+
+
+class Judge:
+    """Ray Data actor holding a vLLM engine of the judge; adds scores and judge lineage to every row.
+
+    Output columns: ``judge``, ``judge_version``, ``score`` (real-valued, sum p(s) s), ``score_int`` (the most
+    likely rating), ``score_dist`` (p(0..10)), ``score_mass`` and ``judge_flag`` ("" when scored, else why not:
+    ``empty_response`` or ``too_long``; flagged rows keep NaN scores and are never selected).
+    """
+
+    def __init__(self, model: str, *, name: str, version: str, chat: bool | None, max_response_chars: int,
+                 engine: EngineConfig, use_gpu: bool) -> None:
+        self.llm = build_llm(model, engine, use_gpu=use_gpu)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat = uses_chat_template(self.tokenizer, chat)
+        self.tokens = ScoreTokens.from_tokenizer(self.tokenizer)
+        self.name, self.version, self.max_chars = name, version, max_response_chars
+        self.max_prompt_tokens = engine.max_model_len - 2
+
+    def prompt_ids(self, prompt: str, response: str) -> list[int]:
+        text = format_prompt(self.tokenizer, JUDGE_TEMPLATE.format(prompt=prompt, response=response),
+                             chat=self.chat, completion_template="{prompt}\n")
+        return self.tokenizer.encode(text + RATING_PREFIX, add_special_tokens=not self.chat)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from vllm import SamplingParams, TokensPrompt
+
+        n = len(batch["prompt"])
+        flags = [""] * n
+        ids: list[list[int]] = [[] for _ in range(n)]
+        for i, (prompt, response) in enumerate(zip(batch["prompt"], batch["response"])):
+            if not str(response).strip():
+                flags[i] = "empty_response"
+                continue
+            ids[i] = self.prompt_ids(str(prompt), str(response)[: self.max_chars])
+            if len(ids[i]) > self.max_prompt_tokens:
+                flags[i] = "too_long"
+        todo = [i for i in range(n) if not flags[i]]
+        wanted = self.tokens.digits + ([self.tokens.ten] if self.tokens.ten is not None else [])
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted)
+        requests = [TokensPrompt(prompt_token_ids=ids[i]) for i in todo]
+        requests += [TokensPrompt(prompt_token_ids=ids[i] + [self.tokens.digits[1]]) for i in todo]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+
+        dists = np.full((n, 11), np.nan)
+        mass = np.full(n, np.nan)
+        for k, i in enumerate(todo):
+            first = {t: lp.logprob for t, lp in outputs[k].outputs[0].logprobs[0].items()}
+            after = {t: lp.logprob for t, lp in outputs[len(todo) + k].outputs[0].logprobs[0].items()}
+            dists[i], mass[i] = score_distribution(first, after, self.tokens)
+        out = {key: column for key, column in batch.items()}
+        out["judge"] = np.array([self.name] * n)
+        out["judge_version"] = np.array([self.version] * n)
+        out["score"] = dists @ SCORES
+        out["score_int"] = np.where(np.isnan(dists[:, 0]), -1, np.nan_to_num(dists).argmax(axis=1))
+        out["score_dist"] = list(dists)
+        out["score_mass"] = mass
+        out["judge_flag"] = np.array(flags)
+        return out
+
+
+def judge_responses(responses: Dataset, config: Config, *, judge_model: str) -> Dataset:
+    """Score every response with the judge pool (alma_ray.placement sizes it)."""
+    res, j = config.resources, config.judge
+    return responses.map_batches(
+        Judge,
+        fn_constructor_kwargs=dict(model=judge_model, name=j.model, version=j.version, chat=j.chat_template,
+                                   max_response_chars=j.max_response_chars, engine=config.engine,
+                                   use_gpu=res.use_gpu),
+        batch_size=config.engine.batch_size,
+        compute=ActorPoolStrategy(size=res.judge_engines),
+        **actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine),
+    )

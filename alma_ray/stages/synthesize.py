@@ -1,0 +1,118 @@
+"""Few-shot prompt synthesis with the base model (ALMA / ALMoST self-instruct).
+
+Each request shows ``k_shot`` seed prompts drawn at random and leaves a slot for one more; the base model's
+completion, cleaned and filtered, is a new prompt. Requests are built from ``ray.data.range`` so the pool size
+is a matter of cluster size, and sampled through the same vLLM actor pool as responses.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray.data
+from ray.data import Dataset
+
+from alma_ray.config import Config
+from alma_ray.seeds import normalize, prompt_id
+from alma_ray.stages.generate import sample_pool, stable_seed
+
+HEADER = "Below are requests that users sent to a helpful AI assistant.\n\n"
+SLOT = "Request:"
+FILTERS = ("empty", "too_short", "too_long", "template_leak", "non_text", "repeats_seed", "duplicate")
+
+
+def fewshot_requests(batch: dict[str, np.ndarray], *, seeds: list[str], k: int, salt: str) -> dict[str, list]:
+    """Row ``i`` of ``ray.data.range`` -> a few-shot request built from ``k`` seed prompts chosen by seed ``i``."""
+    out: dict[str, list[Any]] = {"prompt": [], "prompt_id": [], "request_index": []}
+    for i in batch["id"]:
+        rng = random.Random(stable_seed(salt, int(i)))
+        shots = rng.sample(seeds, k=min(k, len(seeds)))
+        out["prompt"].append(HEADER + "".join(f"{SLOT} {s}\n\n" for s in shots) + SLOT)
+        out["prompt_id"].append(f"request-{int(i)}")
+        out["request_index"].append(int(i))
+    return out
+
+
+def clean(text: str) -> str:
+    """Keep the first request the model wrote: cut at the next slot or a blank line."""
+    text = text.split(SLOT)[0]
+    text = re.split(r"\n\s*\n", text.strip())[0]
+    return text.strip()
+
+
+def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_chars: int) -> pd.DataFrame:
+    """Add ``text``, its ``prompt_id`` and ``reject`` (the first filter it fails, or "")."""
+    texts = [clean(t) for t in batch["response"]]
+    reasons = []
+    for t in texts:
+        letters = sum(c.isalpha() for c in t)
+        if not t:
+            reasons.append("empty")
+        elif len(t) < min_chars:
+            reasons.append("too_short")
+        elif len(t) > max_chars:
+            reasons.append("too_long")
+        elif HEADER.strip()[:30].lower() in t.lower() or SLOT in t:
+            reasons.append("template_leak")
+        elif "\ufffd" in t or letters < 0.5 * len(t):
+            reasons.append("non_text")
+        elif prompt_id(t) in seed_ids:
+            reasons.append("repeats_seed")
+        else:
+            reasons.append("")
+    return pd.DataFrame({
+        "text": texts, "prompt_id": [prompt_id(t) for t in texts], "reject": reasons,
+        "synth_seed": batch["seed"], "request_index": batch["request_index"],
+    })
+
+
+def synthesize_prompts(config: Config, *, base_model: str, seeds: list[str], round_index: int,
+                       ) -> tuple[Dataset, dict[str, int]]:
+    """New prompts for a round, deduplicated, with per-filter counts; rows carry their lineage."""
+    syn = config.synthesis
+    salt = f"{config.seed}:{round_index}:synthesis"
+    requests = ray.data.range(syn.num_requests).map_batches(
+        fewshot_requests, fn_kwargs=dict(seeds=seeds, k=syn.k_shot, salt=salt), batch_size=256)
+    completions = sample_pool(
+        requests, model=base_model, checkpoint="base", n=1,
+        sampling=dict(temperature=syn.temperature, top_p=syn.top_p, max_tokens=syn.max_tokens, stop=[SLOT]),
+        chat=False, completion_template="{prompt}", config=config,
+        pool_size=config.resources.engines_per_checkpoint, seed_salt=salt)
+    seed_ids = {prompt_id(s) for s in seeds}
+    candidates = completions.map_batches(
+        classify, fn_kwargs=dict(seed_ids=seed_ids, min_chars=syn.min_chars, max_chars=syn.max_chars),
+        batch_format="pandas").materialize()
+    counts = {name: 0 for name in FILTERS}
+    for row in candidates.groupby("reject").count().iter_rows():
+        if row["reject"]:
+            counts[row["reject"]] = row["count()"]
+    kept = candidates.filter(expr="reject == ''")
+    passed = kept.count()
+    unique = kept.groupby("prompt_id").map_groups(
+        lambda g: g.sort_values("request_index").head(1), batch_format="pandas")
+    counts["duplicate"] = passed - unique.count()
+    counts["requested"] = syn.num_requests
+    model_name = config.base_model
+
+    def lineage(batch: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({
+            "round": round_index, "prompt_id": batch["prompt_id"], "cluster_id": -1,
+            "prompt": batch["text"], "source": f"synth:{model_name}", "synth_seed": batch["synth_seed"],
+            "request_index": batch["request_index"],
+        })
+
+    prompts = unique.sort("prompt_id").limit(config.prompts_per_round).map_batches(lineage, batch_format="pandas")
+    return prompts, counts
+
+
+def heldout_and_pool(seeds: list[str], *, heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """Split seeds into held-out prompts (probing checkpoints) and the few-shot pool, reproducibly."""
+    order = sorted(seeds, key=lambda s: stable_seed(seed, "heldout", normalize(s)))
+    if heldout >= len(order):
+        raise ValueError(f"synthesis.heldout={heldout} leaves no seed prompts for few-shot examples "
+                         f"(there are {len(order)}); lower it")
+    return order[:heldout], order[heldout:]

@@ -1,0 +1,11 @@
+"""Entry point for `ray job submit`: runs the ALMA recipe on the cluster the job lands on.
+
+    ray job submit --working-dir . -- python -m jobs.alma --config jobs/configs/laptop.yaml [key=value ...]
+"""
+
+import sys
+
+from alma_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,0 +1,32 @@
+"""Shared fixtures: an isolated model cache and the tiny random Llama (built in seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session prepares models into its own cache, as a fresh machine would."""
+    cache = Path(os.environ.get("ALMA_RAY_TEST_CACHE") or tmp_path_factory.mktemp("alma_cache"))
+    os.environ["ALMA_RAY_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache: Path) -> str:
+    from alma_ray.models.registry import resolve_model
+
+    return resolve_model("embedded:tiny-llama")

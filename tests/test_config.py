@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from alma_ray.config import ConfigError, load_config, parse_override
+
+PRESETS = sorted((Path(__file__).parent.parent / "jobs" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_shipped_preset_loads(preset: Path) -> None:
+    config = load_config(preset)
+    assert config.generation.checkpoints and config.judge.model and config.base_model
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    config = load_config(PRESETS[0], ["generation.n=7", "train.zero_stage=3", "synthesis.seeds=[a.jsonl]"])
+    assert config.generation.n == 7 and config.train.zero_stage == 3
+    assert config.synthesis.seeds == ["a.jsonl"]
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'generation.nn'"):
+        load_config(PRESETS[0], ["generation.nn=3"])
+
+
+def test_bad_value_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"'train.zero_stage' = 5"):
+        load_config(PRESETS[0], ["train.zero_stage=5"])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="missing key 'base_model'"):
+        load_config(missing)
+
+
+def test_override_needs_equals() -> None:
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_override("generation.n")
+
+
+def test_digest_ignores_where_and_how_much() -> None:
+    a = load_config(PRESETS[0])
+    b = load_config(PRESETS[0], ["output_dir=/elsewhere", "resources.train_workers=4"])
+    c = load_config(PRESETS[0], ["generation.n=9"])
+    assert a.digest() == b.digest() != c.digest()

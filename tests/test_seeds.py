@@ -1,0 +1,28 @@
+from pathlib import Path
+
+import pytest
+
+from alma_ray.seeds import SeedError, load_seeds, prompt_id
+
+
+def test_embedded_prompt_sets_load() -> None:
+    seeds = load_seeds(["embedded:mt-bench", "embedded:ifbench", "embedded:writingbench", "embedded:tiny"])
+    assert {"embedded:mt-bench", "embedded:ifbench", "embedded:writingbench", "embedded:tiny"} == set(seeds.sources)
+    assert len(seeds.prompts) == len({prompt_id(p) for p in seeds.prompts}) > 300
+
+
+def test_bad_lines_name_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "seeds.jsonl"
+    f.write_bytes(b'{"prompt": "ok one"}\n{"prompt": \n\n{"text": "x"}\n\xff\xfe\n{"prompt": "ok two"}\n')
+    with pytest.raises(SeedError, match=rf"{f}:2: not valid JSON"):
+        load_seeds([str(f)])
+    seeds = load_seeds([str(f)], skip_bad=True)
+    assert seeds.prompts == ["ok one", "ok two"]
+    assert seeds.skipped_bad_lines == 4  # bad JSON, empty, missing field, non-UTF-8
+
+
+def test_missing_file_and_unknown_set(tmp_path: Path) -> None:
+    with pytest.raises(SeedError, match="seed file not found"):
+        load_seeds([str(tmp_path / "none.jsonl")])
+    with pytest.raises(SeedError, match="unknown embedded seed set"):
+        load_seeds(["embedded:nope"])

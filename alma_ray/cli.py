@@ -17,8 +17,8 @@ import time
 
 from alma_ray.config import ConfigError, load_config
 from alma_ray.models.registry import EMBEDDED, ModelError, cache_dir, prepare_embedded
-from alma_ray.seeds import SeedError
 from alma_ray.recipes.alma import EmptyStageError
+from alma_ray.seeds import SeedError
 from alma_ray.store import StoreError
 
 OVERRIDES_HELP = "config overrides as key=value (YAML values), e.g. generation.n=8 train.zero_stage=3"

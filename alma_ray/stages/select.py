@@ -15,7 +15,13 @@ def _best(group: pd.DataFrame) -> pd.DataFrame:
     return best
 
 
-def select_best(scored: Dataset) -> Dataset:
+def shuffle_partitions(expected_rows: int, rows_per_partition: int = 200_000) -> int:
+    """Hash-shuffle partitions for a groupby: Ray's default (200) is far too many for a laptop-sized round."""
+    return max(1, min(1024, expected_rows // rows_per_partition))
+
+
+def select_best(scored: Dataset, *, expected_rows: int) -> Dataset:
     """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score."""
     valid = scored.filter(expr="judge_flag == ''")
-    return valid.groupby("prompt_id").map_groups(_best, batch_format="pandas")
+    return valid.groupby("prompt_id", num_partitions=shuffle_partitions(expected_rows)).map_groups(
+        _best, batch_format="pandas")

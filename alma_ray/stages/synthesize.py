@@ -19,6 +19,7 @@ from ray.data import Dataset
 from alma_ray.config import Config
 from alma_ray.seeds import normalize, prompt_id
 from alma_ray.stages.generate import sample_pool, stable_seed
+from alma_ray.stages.select import shuffle_partitions
 
 HEADER = "Below are requests that users sent to a helpful AI assistant.\n\n"
 SLOT = "Request:"
@@ -87,12 +88,13 @@ def synthesize_prompts(config: Config, *, base_model: str, seeds: list[str], rou
         classify, fn_kwargs=dict(seed_ids=seed_ids, min_chars=syn.min_chars, max_chars=syn.max_chars),
         batch_format="pandas").materialize()
     counts = {name: 0 for name in FILTERS}
-    for row in candidates.groupby("reject").count().iter_rows():
+    partitions = shuffle_partitions(syn.num_requests)
+    for row in candidates.groupby("reject", num_partitions=partitions).count().iter_rows():
         if row["reject"]:
             counts[row["reject"]] = row["count()"]
     kept = candidates.filter(expr="reject == ''")
     passed = kept.count()
-    unique = kept.groupby("prompt_id").map_groups(
+    unique = kept.groupby("prompt_id", num_partitions=partitions).map_groups(
         lambda g: g.sort_values("request_index").head(1), batch_format="pandas")
     counts["duplicate"] = passed - unique.count()
     counts["requested"] = syn.num_requests

@@ -1,0 +1,44 @@
+"""The embedded real models: converted from the GGUF files inside PyPI packages, loaded by vLLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alma_ray.models.gguf import verify
+from alma_ray.models.registry import ModelError, prepare_embedded, resolve_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_prepare_both_and_generate_with_vllm() -> None:
+    from alma_ray.config import EngineConfig
+    from alma_ray.engine import build_llm
+
+    gemma = prepare_embedded("gemma3-270m")
+    assert json.loads((gemma / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
+    verify(gemma)
+    smol = prepare_embedded("smollm2-135m-instruct")
+    ids = verify(smol)
+    assert ids["10"] == ids["1"] + ids["0"]  # the judge's two-position "10" is needed here
+
+    from vllm import SamplingParams
+
+    llm = build_llm(str(smol), EngineConfig(max_model_len=512, dtype="float32"), use_gpu=False)
+    tok = llm.get_tokenizer()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     tokenize=False, add_generation_prompt=True)
+    out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)
+    assert "Paris" in out[0].outputs[0].text
+
+
+def test_unknown_models_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="unknown embedded model"):
+        resolve_model("embedded:nope")
+    with pytest.raises(ModelError, match="not found"):
+        resolve_model(str(tmp_path / "missing-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))

@@ -32,6 +32,11 @@ class Checkpoint(_Section):
     weight: float = Field(default=1.0, gt=0)
     chat_template: bool | None = None
     """Wrap prompts with the tokenizer's chat template; None: use it when the tokenizer has one."""
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    stop: list[str] | None = None
+    """Sampling settings for this checkpoint only; None: the generation section's value."""
 
 
 class SynthesisConfig(_Section):
@@ -63,6 +68,18 @@ class GenerationConfig(_Section):
     stop: list[str] = []
     completion_template: str = "User: {prompt}\nAssistant:"
     """Used for models without a chat template (base models)."""
+    too_long: Literal["skip", "truncate"] = "skip"
+    """A prompt that leaves no room for max_tokens in the context: 'skip' writes its rows with an empty response
+    and finish_reason 'prompt_too_long'; 'truncate' cuts the prompt's tail to fit. Counted in the manifest."""
+
+    def sampling(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        """The vLLM sampling settings of one checkpoint: its own where set, else this section's."""
+        def pick(name: str) -> Any:
+            own = getattr(checkpoint, name)
+            return getattr(self, name) if own is None else own
+
+        return dict(temperature=pick("temperature"), top_p=pick("top_p"), max_tokens=pick("max_tokens"),
+                    stop=pick("stop") or None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GenerationConfig:

@@ -90,7 +90,7 @@ def _read_jsonl(path: Path, key: str, skip_bad: bool, out: SeedSet, label: str) 
                     continue
                 raise SeedError(f"{path}:{lineno}: {problem}. Fix the line, or set "
                                 "synthesis.skip_bad_seed_lines=true to skip bad lines")
-            out.prompts.append(value.strip())
+            out.prompts.append(str(value).strip())
             out.sources.append(label)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +31,13 @@ def tiny_model(model_cache: Path) -> str:
     from alma_ray.models.registry import resolve_model
 
     return resolve_model("embedded:tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    """A local Ray instance for one test module (with the dashboard: Ray Train and the state API need it)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -17,8 +17,9 @@ import ray.data
 from alma_ray.config import Config
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import plan_resources
+from alma_ray.progress import StageProgress
 from alma_ray.seeds import load_seeds, prompt_id
-from alma_ray.stages.generate import generate_responses, sample_pool
+from alma_ray.stages.generate import generate_responses, generation_stats, sample_pool
 from alma_ray.stages.judge import judge_responses
 from alma_ray.stages.select import select_best
 from alma_ray.stages.synthesize import heldout_and_pool, synthesize_prompts
@@ -68,8 +69,8 @@ def _write(ds: ray.data.Dataset, out: Path, **stats: Any) -> StageOutput:
 
 
 def _token_stats(out: Path, started: float) -> dict[str, float]:
-    tokens = ray.data.read_parquet(str(out)).sum("output_tokens") or 0
-    return {"output_tokens": int(tokens), "tokens_per_s": tokens / max(time.time() - started, 1e-9)}
+    tokens = int(ray.data.read_parquet(str(out)).sum("output_tokens") or 0)  # type: ignore[arg-type]
+    return {"output_tokens": tokens, "tokens_per_s": tokens / max(time.time() - started, 1e-9)}
 
 
 def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
@@ -102,10 +103,13 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
 
         def write_responses(out: Path) -> StageOutput:
             t0 = time.time()
-            ds = generate_responses(ray.data.read_parquet(str(prompts.path)), config, round_index=r,
-                                    checkpoints=checkpoints)
-            result = _write(ds, out)
-            result.stats.update(_token_stats(out, t0), checkpoints=checkpoints)
+            with StageProgress("responses", prompts.manifest.rows * config.generation.n) as progress:
+                ds = generate_responses(ray.data.read_parquet(str(prompts.path)), config, round_index=r,
+                                        checkpoints=checkpoints, progress=progress.counter)
+                result = _write(ds, out)
+            stats = generation_stats(ray.data.read_parquet(str(out)))
+            result.stats.update(stats, checkpoints=checkpoints, steady_tok_s=progress.final.get("steady_tok_s"),
+                                tokens_per_s=stats["output_tokens"] / max(time.time() - t0, 1e-9))
             return result
 
         responses = summary.add(store.run_stage(r, "responses", write_responses,
@@ -147,8 +151,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
             ds = sample_pool(probes, model=latest, checkpoint=f"round_{r:03d}/sft", n=1,
                              sampling=dict(temperature=0.0, max_tokens=config.generation.max_tokens,
                                            stop=config.generation.stop or None),
-                             chat=None, completion_template=config.generation.completion_template,
-                             config=config, pool_size=1, seed_salt=f"{config.seed}:{r}:probe")
+                             chat=None, config=config, pool_size=1, seed_salt=f"{config.seed}:{r}:probe")
             result = _write(ds, out)
             result.stats.update(_token_stats(out, t0))
             return result

@@ -7,6 +7,7 @@ pool per checkpoint, asks each for its share of the N samples, and unions the st
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import numpy as np
@@ -37,38 +38,64 @@ class Sampler:
     """Ray Data actor holding one vLLM engine; each input row yields ``n`` output rows.
 
     Input columns: ``prompt``, ``prompt_id`` and any lineage columns (passed through). Output adds
-    ``checkpoint``, ``sample_index``, ``seed``, ``response``, token counts, ``finish_reason`` and
-    ``cumulative_logprob``. A prompt too long for the context yields ``n`` rows with an empty response and
-    ``finish_reason = "prompt_too_long"``, so every (prompt, checkpoint, sample) is accounted for.
+    ``checkpoint``, ``sample_index``, ``seed``, ``response``, token counts, ``finish_reason``,
+    ``cumulative_logprob`` and ``prompt_truncated``. A prompt that leaves no room for ``max_tokens`` is either cut
+    to fit (``too_long="truncate"``) or yields ``n`` rows with an empty response and ``finish_reason =
+    "prompt_too_long"`` (``"skip"``), so every (prompt, checkpoint, sample index) is accounted for.
     """
 
     def __init__(self, model: str, *, checkpoint: str, n: int, sampling: dict[str, Any], chat: bool | None,
-                 completion_template: str, engine: EngineConfig, use_gpu: bool, seed_salt: str) -> None:
+                 completion_template: str, engine: EngineConfig, use_gpu: bool, seed_salt: str,
+                 too_long: str = "skip", progress: Any = None) -> None:
+        built = time.time()
         self.llm = build_llm(model, engine, use_gpu=use_gpu)
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = uses_chat_template(self.tokenizer, chat)
         self.checkpoint, self.n, self.sampling = checkpoint, n, sampling
-        self.template, self.seed_salt = completion_template, seed_salt
+        self.template, self.seed_salt, self.too_long = completion_template, seed_salt, too_long
         self.max_prompt_tokens = engine.max_model_len - sampling["max_tokens"]
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_tokens={sampling['max_tokens']} leaves no room for a prompt in "
+                             f"engine.max_model_len={engine.max_model_len}: raise the one or lower the other")
+        self.progress = progress
+        if progress is not None:
+            progress.ready.remote(time.time(), time.time() - built)
+
+    def _encode(self, prompt: str) -> tuple[list[int], bool]:
+        """Token ids the engine sees, and whether the prompt was cut to fit the context."""
+        def encode(text: str) -> list[int]:
+            formatted = format_prompt(self.tokenizer, text, chat=self.chat, completion_template=self.template)
+            # Chat templates carry their own special tokens; plain completions get the tokenizer's BOS.
+            return self.tokenizer.encode(formatted, add_special_tokens=not self.chat)
+
+        ids = encode(prompt)
+        if len(ids) <= self.max_prompt_tokens or self.too_long == "skip":
+            return ids, False
+        body = self.tokenizer.encode(prompt, add_special_tokens=False)
+        keep = len(body) - (len(ids) - self.max_prompt_tokens)
+        while keep > 0:  # re-tokenizing the cut text can shift a token or two: shrink until it fits
+            ids = encode(self.tokenizer.decode(body[:keep]))
+            if len(ids) <= self.max_prompt_tokens:
+                return ids, True
+            keep -= len(ids) - self.max_prompt_tokens
+        return ids, False  # the template alone is too long: counted as skipped
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         from vllm import SamplingParams, TokensPrompt
 
-        texts = [format_prompt(self.tokenizer, p, chat=self.chat, completion_template=self.template)
-                 for p in batch["prompt"]]
-        # Chat templates carry their own special tokens; plain completions get the tokenizer's BOS.
-        token_ids = [self.tokenizer.encode(t, add_special_tokens=not self.chat) for t in texts]
+        started = time.time()
+        encoded = [self._encode(p) for p in batch["prompt"]]
         seeds = [stable_seed(self.seed_salt, self.checkpoint, pid) for pid in batch["prompt_id"]]
-        fits = [i for i, ids in enumerate(token_ids) if len(ids) <= self.max_prompt_tokens]
+        fits = [i for i, (ids, _) in enumerate(encoded) if len(ids) <= self.max_prompt_tokens]
         outputs = dict(zip(fits, self.llm.generate(
-            [TokensPrompt(prompt_token_ids=token_ids[i]) for i in fits],
+            [TokensPrompt(prompt_token_ids=encoded[i][0]) for i in fits],
             [SamplingParams(n=self.n, seed=seeds[i], logprobs=0, **self.sampling) for i in fits],
             use_tqdm=False,
         )))
         rows: dict[str, list[Any]] = {k: [] for k in [*batch, "checkpoint", "sample_index", "seed", "response",
                                                       "prompt_tokens", "output_tokens", "finish_reason",
-                                                      "cumulative_logprob"]}
-        for i in range(len(texts)):
+                                                      "cumulative_logprob", "prompt_truncated"]}
+        for i, (ids, truncated) in enumerate(encoded):
             completions = outputs[i].outputs if i in outputs else [None] * self.n
             for j, c in enumerate(completions):
                 for key, column in batch.items():
@@ -76,45 +103,73 @@ class Sampler:
                 rows["checkpoint"].append(self.checkpoint)
                 rows["sample_index"].append(j)
                 rows["seed"].append(seeds[i])
-                rows["prompt_tokens"].append(len(token_ids[i]))
+                rows["prompt_tokens"].append(len(ids))
                 rows["response"].append(c.text.strip() if c else "")
                 rows["output_tokens"].append(len(c.token_ids) if c else 0)
                 rows["finish_reason"].append(str(c.finish_reason) if c else TOO_LONG)
                 rows["cumulative_logprob"].append(float(c.cumulative_logprob or 0.0) if c else 0.0)
+                rows["prompt_truncated"].append(truncated)
+        if self.progress is not None:
+            self.progress.add.remote(len(rows["response"]), sum(rows["output_tokens"]), started, time.time())
         return rows
 
 
 def sample_pool(prompts: Dataset, *, model: str, checkpoint: str, n: int, sampling: dict[str, Any],
-                chat: bool | None, completion_template: str, config: Config, pool_size: int,
-                seed_salt: str) -> Dataset:
-    """One vLLM actor pool over ``prompts``: ``n`` samples per row from ``model``."""
-    res = config.resources
+                chat: bool | None, config: Config, pool_size: int, seed_salt: str,
+                completion_template: str | None = None, progress: Any = None) -> Dataset:
+    """One vLLM actor pool over ``prompts``: ``n`` samples per row from ``model`` (plain completions use
+    ``completion_template``, by default the generation section's).
+
+    Ray Data restarts a dead engine actor and retries its batch (``max_restarts``/``max_task_retries`` = -1 for
+    actor pools), so a crash costs time, never rows.
+    """
+    res, gen = config.resources, config.generation
     return prompts.map_batches(
         Sampler,
         fn_constructor_kwargs=dict(model=model, checkpoint=checkpoint, n=n, sampling=sampling, chat=chat,
-                                   completion_template=completion_template, engine=config.engine,
-                                   use_gpu=res.use_gpu, seed_salt=seed_salt),
+                                   completion_template=completion_template or gen.completion_template,
+                                   engine=config.engine, use_gpu=res.use_gpu, seed_salt=seed_salt,
+                                   too_long=gen.too_long, progress=progress),
         batch_size=config.engine.batch_size,
         compute=ActorPoolStrategy(size=pool_size),
         **actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine),
     )
 
 
-def generate_responses(prompts: Dataset, config: Config, *, round_index: int,
-                       checkpoints: dict[str, str]) -> Dataset:
+def generate_responses(prompts: Dataset, config: Config, *, round_index: int, checkpoints: dict[str, str],
+                       progress: Any = None) -> Dataset:
     """N responses per prompt, split by weight across the configured checkpoints present in ``checkpoints``
-    (name -> model folder; a checkpoint absent this round, like ``latest`` in round 1, gives its share away)."""
+    (name -> model folder; a checkpoint absent this round, like ``latest`` in round 1, gives its share away).
+
+    One actor pool per checkpoint, all fed from the same prompt stream; the pools run side by side when the
+    cluster has room for all of them, else Ray Data queues them.
+    """
     gen = config.generation
     present = [c for c in gen.checkpoints if c.name in checkpoints]
-    sampling = dict(temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens,
-                    stop=gen.stop or None)
+    if not present:
+        raise ValueError(f"none of the checkpoints {[c.name for c in gen.checkpoints]} has a model this round")
     streams = []
     for ckpt, share in zip(present, split_samples(gen.n, [c.weight for c in present])):
         if share == 0:
             continue
         streams.append(sample_pool(
-            prompts, model=checkpoints[ckpt.name], checkpoint=ckpt.name, n=share, sampling=sampling,
-            chat=ckpt.chat_template, completion_template=gen.completion_template, config=config,
-            pool_size=config.resources.engines_per_checkpoint,
-            seed_salt=f"{config.seed}:{round_index}:responses"))
+            prompts, model=checkpoints[ckpt.name], checkpoint=ckpt.name, n=share, sampling=gen.sampling(ckpt),
+            chat=ckpt.chat_template, config=config, pool_size=config.resources.engines_per_checkpoint,
+            seed_salt=f"{config.seed}:{round_index}:responses", progress=progress))
     return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+
+
+def generation_stats(responses: Dataset) -> dict[str, Any]:
+    """Manifest figures for a written responses dataset: tokens, rows per checkpoint, too-long prompts."""
+    def indicators(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"output_tokens": batch["output_tokens"],
+                "skipped_too_long": (batch["finish_reason"] == TOO_LONG).astype(np.int64),
+                "truncated": batch["prompt_truncated"].astype(np.int64)}
+
+    totals = responses.map_batches(indicators, batch_format="numpy").sum(
+        ["output_tokens", "skipped_too_long", "truncated"])
+    per_checkpoint = {r["checkpoint"]: r["count()"] for r in responses.groupby("checkpoint").count().take_all()}
+    return {"output_tokens": int(totals["sum(output_tokens)"]),
+            "rows_too_long_skipped": int(totals["sum(skipped_too_long)"]),
+            "rows_prompt_truncated": int(totals["sum(truncated)"]),
+            "rows_per_checkpoint": per_checkpoint}

@@ -139,10 +139,11 @@ class Judge:
         dists = np.full((n, 11), np.nan)
         mass = np.full(n, np.nan)
         for k, i in enumerate(todo):
-            first = {t: lp.logprob for t, lp in outputs[k].outputs[0].logprobs[0].items()}
-            after = {t: lp.logprob for t, lp in outputs[len(todo) + k].outputs[0].logprobs[0].items()}
+            first = {t: lp.logprob for t, lp in outputs[k].outputs[0].logprobs[0].items()}  # type: ignore[index]
+            after = {t: lp.logprob
+                     for t, lp in outputs[len(todo) + k].outputs[0].logprobs[0].items()}  # type: ignore[index]
             dists[i], mass[i] = score_distribution(first, after, self.tokens)
-        out = {key: column for key, column in batch.items()}
+        out: dict[str, Any] = {key: column for key, column in batch.items()}
         out["judge"] = np.array([self.name] * n)
         out["judge_version"] = np.array([self.version] * n)
         out["score"] = dists @ SCORES

@@ -77,7 +77,8 @@ def synthesize_prompts(config: Config, *, base_model: str, seeds: list[str], rou
     syn = config.synthesis
     salt = f"{config.seed}:{round_index}:synthesis"
     requests = ray.data.range(syn.num_requests).map_batches(
-        fewshot_requests, fn_kwargs=dict(seeds=seeds, k=syn.k_shot, salt=salt), batch_size=256)
+        fewshot_requests,  # type: ignore[arg-type]
+        fn_kwargs=dict(seeds=seeds, k=syn.k_shot, salt=salt), batch_size=256)
     completions = sample_pool(
         requests, model=base_model, checkpoint="base", n=1,
         sampling=dict(temperature=syn.temperature, top_p=syn.top_p, max_tokens=syn.max_tokens, stop=[SLOT]),
@@ -85,7 +86,8 @@ def synthesize_prompts(config: Config, *, base_model: str, seeds: list[str], rou
         pool_size=config.resources.engines_per_checkpoint, seed_salt=salt)
     seed_ids = {prompt_id(s) for s in seeds}
     candidates = completions.map_batches(
-        classify, fn_kwargs=dict(seed_ids=seed_ids, min_chars=syn.min_chars, max_chars=syn.max_chars),
+        classify,  # type: ignore[arg-type]
+        fn_kwargs=dict(seed_ids=seed_ids, min_chars=syn.min_chars, max_chars=syn.max_chars),
         batch_format="pandas").materialize()
     counts = {name: 0 for name in FILTERS}
     partitions = shuffle_partitions(syn.num_requests)

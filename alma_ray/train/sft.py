@@ -140,7 +140,7 @@ def train_sft(examples: Dataset, config: Config, *, model: str, out_dir: Path, s
 
     res, train = config.resources, config.train.model_copy(update={"seed": seed})
     tokenized = examples.map_batches(
-        tokenize_sft, fn_kwargs=dict(model=model, max_seq_len=train.max_seq_len,
+        tokenize_sft, fn_kwargs=dict(model=model, max_seq_len=train.max_seq_len,  # type: ignore[arg-type]
                                      completion_template=config.generation.completion_template),
         batch_size=256)
     trainer = TorchTrainer(

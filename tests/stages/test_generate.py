@@ -1,4 +1,21 @@
-from alma_ray.stages.generate import split_samples, stable_seed
+"""The generation engine on the tiny model: real Ray Data, real vLLM actor pools, real actor deaths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from alma_ray.config import Config
+from alma_ray.stages.generate import TOO_LONG, generate_responses, generation_stats, split_samples, stable_seed
+
+LINEAGE = ["round", "prompt_id", "cluster_id", "checkpoint", "sample_index", "seed"]
 
 
 def test_split_samples_by_weight() -> None:
@@ -11,3 +28,112 @@ def test_split_samples_by_weight() -> None:
 def test_seeds_are_stable_and_distinct() -> None:
     assert stable_seed(0, 1, "a") == stable_seed(0, 1, "a") != stable_seed(0, 1, "b")
     assert 0 <= stable_seed("x") < 2**31
+
+
+def test_per_checkpoint_sampling_overrides_the_section(tiny_model: str) -> None:
+    config = _config(tiny_model, too_long="skip")
+    a, b = config.generation.checkpoints
+    assert config.generation.sampling(a)["max_tokens"] == 12
+    assert config.generation.sampling(b)["max_tokens"] == 8 and config.generation.sampling(b)["temperature"] == 0
+
+
+def _config(model: str, *, too_long: str, batch_size: int = 4, max_tokens: int = 12) -> Config:
+    return Config(
+        base_model=model, judge={"model": model}, seed=7,
+        generation={"n": 3, "max_tokens": max_tokens, "too_long": too_long, "checkpoints": [
+            {"name": "a", "model": model, "weight": 2},
+            {"name": "b", "model": model, "weight": 1, "max_tokens": 8, "temperature": 0.0}]},
+        engine={"max_model_len": 128, "batch_size": batch_size, "dtype": "float32"},
+        resources={"cpus_per_engine": 1},
+    )
+
+
+def _prompts(count: int, long_every: int = 0) -> Any:
+    import ray.data
+
+    rows = []
+    for i in range(count):
+        text = f"Question {i}: describe a river in spring."
+        if long_every and i % long_every == 0:
+            text = " ".join(["a long rambling prompt about nothing"] * 60)  # far beyond 128 - 12 tokens
+        rows.append({"round": 1, "prompt_id": f"p{i:03d}", "cluster_id": i % 5, "prompt": text})
+    return ray.data.from_items(rows)
+
+
+def _run(config: Config, prompts: Any, out: Path, progress: Any = None) -> pd.DataFrame:
+    ds = generate_responses(prompts, config, round_index=1, checkpoints={"a": config.base_model,
+                                                                         "b": config.base_model},
+                            progress=progress)
+    ds.write_parquet(str(out))
+    return pd.read_parquet(out)
+
+
+def _assert_exactly_once(df: pd.DataFrame, prompts: int) -> None:
+    assert len(df) == prompts * 3
+    assert not df.duplicated(["prompt_id", "checkpoint", "sample_index"]).any()
+    counts = df.groupby("checkpoint").size().to_dict()
+    assert counts == {"a": 2 * prompts, "b": prompts}  # weights 2:1 of n=3
+    assert sorted(df[df.checkpoint == "a"].sample_index.unique()) == [0, 1]
+    assert df[LINEAGE].notna().all().all()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_path: Path) -> None:
+    import ray.data
+
+    df = _run(_config(tiny_model, too_long="skip"), _prompts(12, long_every=5), tmp_path / "skip")
+    _assert_exactly_once(df, 12)
+    skipped = df[df.finish_reason == TOO_LONG]
+    assert set(skipped.prompt_id) == {"p000", "p005", "p010"} and (skipped.response == "").all()
+    assert (df[df.finish_reason != TOO_LONG].output_tokens > 0).all()
+    assert df[df.checkpoint == "b"].output_tokens.max() <= 8  # the per-checkpoint max_tokens
+    stats = generation_stats(ray.data.read_parquet(str(tmp_path / "skip")))
+    assert stats["rows_too_long_skipped"] == 9 and stats["rows_prompt_truncated"] == 0
+    assert stats["rows_per_checkpoint"] == {"a": 24, "b": 12}
+
+    df = _run(_config(tiny_model, too_long="truncate"), _prompts(12, long_every=5), tmp_path / "truncate")
+    _assert_exactly_once(df, 12)
+    assert not (df.finish_reason == TOO_LONG).any()
+    cut = df[df.prompt_truncated]
+    assert set(cut.prompt_id) == {"p000", "p005", "p010"}
+    assert (cut[cut.checkpoint == "a"].prompt_tokens <= 128 - 12).all()
+    assert (cut[cut.checkpoint == "b"].prompt_tokens <= 128 - 8).all()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_killed_engine_actor_loses_and_duplicates_nothing(tiny_model: str, tmp_path: Path) -> None:
+    """SIGKILL one engine actor mid-run: Ray Data restarts it and retries its batch; the output is exact."""
+    from ray.util.state import list_actors
+
+    from alma_ray.progress import StageProgress
+
+    prompts = 40
+    config = _config(tiny_model, too_long="skip", batch_size=2, max_tokens=48)
+    result: dict[str, Any] = {}
+
+    with StageProgress("responses", prompts * 3, show=False) as progress:
+        def work() -> None:
+            try:
+                result["df"] = _run(config, _prompts(prompts), tmp_path / "out", progress.counter)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                result["error"] = e
+
+        runner = threading.Thread(target=work)
+        runner.start()
+        killed = None
+        deadline = time.time() + 240
+        while runner.is_alive() and killed is None and time.time() < deadline:
+            import ray
+
+            if ray.get(progress.counter.snapshot.remote())["batches"] >= 2:
+                workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+                           if "MapWorker" in a.class_name and a.pid]
+                if workers:
+                    killed = workers[0].pid
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        runner.join(timeout=600)
+    assert "error" not in result, result.get("error")
+    assert killed is not None, "the run ended before an engine actor could be killed; make the job longer"
+    assert progress.final["engines_ready"] >= 3  # two pools + the restarted engine
+    _assert_exactly_once(result["df"], prompts)

@@ -114,6 +114,12 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: fp32 on CPU, bf16 on GPU."""
     report_every: int = Field(default=10, ge=1)
+    checkpoint_every: int = Field(default=0, ge=0)
+    """Save a resumable Ray Train checkpoint (DeepSpeed state) every this many steps; 0: only the final model."""
+    max_failures: int = Field(default=1, ge=0)
+    """Worker-group restarts Ray Train may make; each resumes from the latest checkpoint."""
+    dpo_beta: float = Field(default=0.1, gt=0)
+    """DPO's beta: how far the policy may move from the frozen reference."""
 
 
 class EngineConfig(_Section):
@@ -163,8 +169,11 @@ class Config(_Section):
         return Path(self.output_dir) / self.name
 
     def digest(self) -> str:
-        """A stable hash of everything that shapes the data (where it is written and on what resources excluded)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "resources"})
+        """A stable hash of everything that shapes the data (where it is written and on what resources excluded).
+
+        Only values that differ from the defaults count, so a new release that adds a setting (with a default)
+        does not orphan existing run directories."""
+        payload = self.model_dump(mode="json", exclude={"output_dir", "resources"}, exclude_defaults=True)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

@@ -52,3 +52,5 @@ def test_digest_ignores_where_and_how_much() -> None:
     b = load_config(PRESETS[0], ["output_dir=/elsewhere", "resources.train_workers=4"])
     c = load_config(PRESETS[0], ["generation.n=9"])
     assert a.digest() == b.digest() != c.digest()
+    # Spelling out a default is the same run; so is a config written before a setting existed.
+    assert load_config(PRESETS[0], ["train.checkpoint_every=0", "generation.too_long=skip"]).digest() == a.digest()

@@ -24,7 +24,7 @@ from alma_ray.stages.judge import judge_responses
 from alma_ray.stages.select import select_best
 from alma_ray.stages.synthesize import heldout_and_pool, synthesize_prompts
 from alma_ray.store import RunStore, StageOutput, StageResult, parquet_rows
-from alma_ray.train.sft import train_sft
+from alma_ray.train.loop import fit
 
 LATEST = "latest"
 """A checkpoint whose model is ``latest`` samples from the previous round's SFT model (absent in round 1)."""
@@ -139,7 +139,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
 
         def write_sft(out: Path) -> StageOutput:
             union = ray.data.read_parquet(selected_dirs).select_columns(["prompt", "response"])
-            metrics = train_sft(union, config, model=init, out_dir=out, seed=config.train.seed)
+            metrics = fit(union, config, objective="sft", model=init, out_dir=out, seed=config.train.seed)
             return StageOutput(rows=union.count(), stats={k: v for k, v in metrics.items() if k != "losses"})
 
         sft = summary.add(store.run_stage(r, "sft", write_sft, {"selected": selected.manifest}), log)

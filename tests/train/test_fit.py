@@ -1,0 +1,129 @@
+"""DPO and the reward model through the real loop: Ray Train, 2 workers, DeepSpeed ZeRO, gloo, tiny model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from alma_ray.config import Config
+from alma_ray.train.loop import fit
+
+
+def _config(model: str, **train: object) -> Config:
+    return Config.model_validate(dict(
+        base_model=model, judge={"model": model}, generation={"checkpoints": [{"name": "a", "model": model}]},
+        train={"micro_batch": 2, "max_seq_len": 64, "lr": 1e-3, "epochs": 3, "report_every": 2, **train},
+        resources={"train_workers": 2}))
+
+
+def _pairs() -> object:
+    import ray.data
+
+    topics = ["rain", "the sea", "bread", "a city", "winter", "a garden", "the moon", "a river"]
+    return ray.data.from_items([
+        {"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}", "rejected": "no"}
+        for t in topics * 2])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_dpo_starts_at_log2_and_learns(tiny_model: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "round_001" / "dpo"
+    metrics = fit(_pairs(), _config(tiny_model, zero_stage=2), objective="dpo", model=tiny_model, out_dir=out,
+                  seed=0)
+    # Policy == reference at the first step: every margin is 0 and the loss is exactly log 2.
+    assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["losses"][-1] < metrics["losses"][0]
+    assert metrics["final_reward_accuracy"] > 0.5 and metrics["final_reward_margin"] > 0
+    AutoModelForCausalLM.from_pretrained(out)  # a loadable HF folder
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "round_001" / "reward"
+    metrics = fit(_pairs(), _config(tiny_model, zero_stage=3), objective="reward", model=tiny_model, out_dir=out,
+                  seed=0)
+    assert metrics["losses"][-1] < metrics["losses"][0]
+    from alma_ray.train.data import encode_example
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        good, bad = (model(input_ids=torch.as_tensor(encode_example(
+            tok, "tell me about snow", r, max_seq_len=64, completion_template="{prompt}", eos=False)[0])[None]
+        ).logits.item() for r in ("here is a careful answer about snow", "no"))
+    assert good > bad  # the saved head (ZeRO-3 gathered) ranks an unseen pair
+
+
+def test_missing_columns_are_named(tiny_model: str) -> None:
+    import ray.data
+
+    with pytest.raises(ValueError, match="missing \\['chosen', 'rejected'\\]"):
+        fit(ray.data.from_items([{"prompt": "a", "response": "b"}]), _config(tiny_model), objective="dpo",
+            model=tiny_model, out_dir=Path("unused"), seed=0)
+
+
+def _registered_state_checkpoint(storage: Path) -> bool:
+    """True once Ray Train has registered a mid-training checkpoint (its files alone may still be uploading)."""
+    import json
+
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+        except (ValueError, KeyError):
+            continue
+        if any("step" in r["metrics"] for r in results):
+            return True
+    return False
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: Path) -> None:
+    """SIGKILL a training worker after the first checkpoint: Ray Train restarts the group, which loads the
+    DeepSpeed state and carries on; the loss curve is complete and the run says where it resumed."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray.data
+    from ray.util.state import list_actors
+
+    out = tmp_path / "round_001" / "sft"
+    examples = ray.data.from_items([{"prompt": f"say {w}", "response": f"{w} {w} {w}"}
+                                    for w in ["rain", "sea", "moon", "tree", "stone", "bird", "fire", "snow"] * 4])
+    config = _config(tiny_model, epochs=2, checkpoint_every=4, max_failures=1)
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            result["metrics"] = fit(examples, config, objective="sft", model=tiny_model, out_dir=out, seed=0)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    runner = threading.Thread(target=work)
+    runner.start()
+    storage = tmp_path / "ray_train"
+    killed = None
+    deadline = time.time() + 300
+    while runner.is_alive() and killed is None and time.time() < deadline:
+        if _registered_state_checkpoint(storage):
+            workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+                       if "RayTrainWorker" in a.class_name and a.pid]
+            if workers:
+                killed = workers[-1].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    runner.join(timeout=600)
+    assert "error" not in result, result.get("error")
+    assert killed is not None, "training ended before a worker could be killed; make it longer"
+    metrics = result["metrics"]
+    assert isinstance(metrics, dict)
+    assert metrics["resumed_from_step"] >= 4
+    assert metrics["steps"] == 2 * 32 // (2 * 2)  # epochs x rows / (workers x micro_batch): none lost

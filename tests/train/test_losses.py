@@ -1,0 +1,98 @@
+"""The objectives against direct formulas, on the tiny model's real logits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alma_ray.train.data import _tokenizer, encode_example, pad_batch, tokenize_pairs, tokenize_sft
+from alma_ray.train.losses import IGNORE, bradley_terry_loss, dpo_loss, last_token_values, sequence_logprobs, sft_loss
+
+TEMPLATE = "User: {prompt}\nAssistant:"
+
+
+def _batch(model: str) -> dict[str, torch.Tensor]:
+    tok = _tokenizer(model)
+    pairs = [("Name a color.", "Blue is a color."), ("Count to three.", "one two three"),
+             ("Say hi.", "hi"), ("Describe rain.", "Rain falls from clouds in drops.")]
+    enc = [encode_example(tok, p, r, max_seq_len=64, completion_template=TEMPLATE) for p, r in pairs]
+    return pad_batch([e[0] for e in enc], [e[1] for e in enc], tok.eos_token_id)
+
+
+def _manual_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    out = []
+    for b in range(labels.shape[0]):
+        total = 0.0
+        for t in range(1, labels.shape[1]):
+            if labels[b, t] != IGNORE:
+                total += float(torch.log_softmax(logits[b, t - 1].double(), -1)[labels[b, t]])
+        out.append(total)
+    return out
+
+
+@pytest.fixture(scope="module")
+def logits_and_batch(tiny_model: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    batch = _batch(tiny_model)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits, batch
+
+
+def test_sequence_logprobs_sum_response_tokens_only(logits_and_batch: tuple) -> None:
+    logits, batch = logits_and_batch
+    np.testing.assert_allclose(sequence_logprobs(logits, batch["labels"]).numpy(),
+                               _manual_logprobs(logits, batch["labels"]), rtol=1e-5)
+
+
+def test_sft_loss_ignores_prompt_tokens(tiny_model: str, logits_and_batch: tuple) -> None:
+    logits, batch = logits_and_batch
+    labels = batch["labels"]
+    counted = int((labels[:, 1:] != IGNORE).sum())
+    expected = -sum(_manual_logprobs(logits, labels)) / counted
+    assert float(sft_loss(logits, labels)) == pytest.approx(expected, rel=1e-5)
+    # The prompt (and padding) never carries loss: every label before the response is -100.
+    out = tokenize_sft({"prompt": np.array(["Name a color."]), "response": np.array(["the sky is blue"])},
+                       model=tiny_model, max_seq_len=64, completion_template=TEMPLATE)
+    tok = _tokenizer(tiny_model)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    start = int(np.argmax(labels != IGNORE))
+    assert start > 3 and (labels[:start] == IGNORE).all() and (labels[start:] == ids[start:]).all()
+    assert tok.decode(labels[start:-1]).strip() == "the sky is blue" and labels[-1] == tok.eos_token_id
+    assert "ame a color." in tok.decode(ids[:start])  # the prompt, as the tiny vocabulary spells it
+
+
+def test_dpo_loss_equals_the_formula(logits_and_batch: tuple) -> None:
+    logits, batch = logits_and_batch
+    lp = sequence_logprobs(logits, batch["labels"])
+    ref = lp + torch.tensor([0.3, -0.2, 0.1, 0.5])  # a reference that differs from the policy
+    beta = 0.1
+    loss, metrics = dpo_loss(lp[:2], lp[2:], ref[:2], ref[2:], beta=beta)
+    manual = [beta * ((float(lp[i]) - float(ref[i])) - (float(lp[2 + i]) - float(ref[2 + i]))) for i in range(2)]
+    expected = sum(math.log1p(math.exp(-m)) for m in manual) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert metrics["reward_margin"] == pytest.approx(sum(manual) / 2, rel=1e-5)
+    assert metrics["reward_accuracy"] == sum(m > 0 for m in manual) / 2
+
+
+def test_bradley_terry_and_last_token() -> None:
+    loss, metrics = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.0]))
+    assert float(loss) == pytest.approx((math.log1p(math.exp(-1.0)) + math.log(2)) / 2)
+    assert metrics["pair_accuracy"] == 0.5  # a tie is not counted as right
+    values = torch.arange(12.0).reshape(2, 6, 1)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    assert last_token_values(values, mask).tolist() == [2.0, 11.0]
+
+
+def test_pairs_tokenize_both_sides(tiny_model: str) -> None:
+    batch = {"prompt": np.array(["Say hi."]), "chosen": np.array(["hi there"]), "rejected": np.array(["no"])}
+    dpo = tokenize_pairs(batch, model=tiny_model, max_seq_len=64, completion_template=TEMPLATE)
+    rm = tokenize_pairs(batch, model=tiny_model, max_seq_len=64, completion_template=TEMPLATE, eos=False)
+    eos = _tokenizer(tiny_model).eos_token_id
+    assert dpo["chosen_input_ids"][0][-1] == eos and rm["chosen_input_ids"][0][-1] != eos
+    assert len(dpo["rejected_input_ids"][0]) < len(dpo["chosen_input_ids"][0])

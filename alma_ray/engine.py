@@ -73,6 +73,14 @@ def format_prompt(tokenizer: Any, prompt: str, *, chat: bool, completion_templat
     return completion_template.format(prompt=prompt)
 
 
+def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool, completion_template: str) -> list[int]:
+    """The prompt's token ids as an engine sees them (sampling, training and the benchmark all use this).
+
+    Chat templates carry their own special tokens; plain completions get the tokenizer's BOS."""
+    text = format_prompt(tokenizer, prompt, chat=chat, completion_template=completion_template)
+    return tokenizer.encode(text, add_special_tokens=not chat)
+
+
 def uses_chat_template(tokenizer: Any, setting: bool | None) -> bool:
     has = bool(getattr(tokenizer, "chat_template", None))
     if setting and not has:

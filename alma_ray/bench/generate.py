@@ -1,6 +1,6 @@
 """``make bench-generate``: the Ray Data + vLLM pipeline against bare ``vllm.LLM.generate`` on the same work.
 
-Three arms, in one run and one process tree, on M prompts x n samples:
+Four arms, in one run and one process tree, on M prompts x n samples:
 
 1. **bare**: a child process builds one ``vllm.LLM`` and calls ``generate`` once on every request (the same
    token ids, seeds and sampling parameters the pipeline's engine actor uses), with the same thread count.
@@ -47,12 +47,29 @@ def _prompts(m: int) -> list[dict[str, Any]]:
              "prompt": f"Write a short story about {topics[i % len(topics)]}, number {i}."} for i in range(m)]
 
 
+def _start_ray(cpus: int) -> None:
+    """A fresh local Ray for one arm, without the dashboard, progress bars or issue detectors."""
+    import ray
+    import ray.data
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.issue_detectors_config.detectors = []
+
+
+def _written_tokens(out: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.read_table(out, columns=["output_tokens"])["output_tokens"].to_numpy().sum())
+
+
 def bare(args: argparse.Namespace) -> dict[str, Any]:
     """Arm 1, run in a child process: one engine, every request in one ``generate`` call."""
     t0 = time.time()
     from vllm import SamplingParams, TokensPrompt
 
-    from alma_ray.engine import build_llm, format_prompt, uses_chat_template
+    from alma_ray.engine import build_llm, prompt_ids, uses_chat_template
 
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
                      threads=args.threads, pools=1)
@@ -61,9 +78,8 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
     chat = uses_chat_template(tok, None)
     ready = time.time()
     rows = _prompts(args.prompts)
-    ids = [tok.encode(format_prompt(tok, r["prompt"], chat=chat,
-                                    completion_template=config.generation.completion_template),
-                      add_special_tokens=not chat) for r in rows]
+    ids = [prompt_ids(tok, r["prompt"], chat=chat, completion_template=config.generation.completion_template)
+           for r in rows]
     sampling = config.generation.sampling(config.generation.checkpoints[0])
     params = [SamplingParams(n=args.n, seed=stable_seed(SALT, "ckpt0", r["prompt_id"]), logprobs=0, **sampling)
               for r in rows]
@@ -75,7 +91,6 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
 
 def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     """Arms 2 and 3: the real generation stage, on a fresh local Ray instance."""
-    import pyarrow.parquet as pq
     import ray
     import ray.data
 
@@ -83,14 +98,10 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     from alma_ray.stages.generate import generate_responses
 
     t0 = time.time()
-    threads = args.threads
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                     threads=threads, pools=pools)
-    ray.init(num_cpus=args.threads * pools + 1, include_dashboard=False, log_to_driver=False)
+                     threads=args.threads, pools=pools)
+    _start_ray(args.threads * pools + 1)
     ray_init_s = time.time() - t0
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.issue_detectors_config.detectors = []
     try:
         with StageProgress("generate", None, show=False) as progress:
             ds = generate_responses(ray.data.from_items(_prompts(args.prompts)), config, round_index=1,
@@ -98,9 +109,9 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
                                     progress=progress.counter)
             ds.write_parquet(str(out))
         done = time.time()
-        tokens = int(pq.read_table(out, columns=["output_tokens"])["output_tokens"].to_numpy().sum())
     finally:
         ray.shutdown()
+    tokens = _written_tokens(out)
     snap = progress.final
     steady_s = snap["last_done"] - snap["first_start"]
     return {"tokens": tokens, "startup_s": snap["first_start"] - t0, "engine_ready_s": snap["first_ready"] - t0,
@@ -117,7 +128,6 @@ def ray_data_llm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ``AsyncLLMEngine``, which always runs the engine core in a child process; on CPU it needs an explicit CPU
     bundle (without one it asks for a GPU).
     """
-    import pyarrow.parquet as pq
     import ray
     import ray.data
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -128,10 +138,7 @@ def ray_data_llm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
                      threads=args.threads, pools=1)
     sampling = config.generation.sampling(config.generation.checkpoints[0])
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.issue_detectors_config.detectors = []
+    _start_ray(args.threads + 1)
     try:
         processor = build_processor(
             vLLMEngineProcessorConfig(
@@ -159,7 +166,7 @@ def ray_data_llm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         done = time.time()
     finally:
         ray.shutdown()
-    tokens = int(pq.read_table(out, columns=["output_tokens"])["output_tokens"].to_numpy().sum())
+    tokens = _written_tokens(out)
     return {"tokens": tokens, "wall_s": done - t0, "end_to_end_tok_s": tokens / (done - t0)}
 
 

@@ -68,9 +68,10 @@ def _write(ds: ray.data.Dataset, out: Path, **stats: Any) -> StageOutput:
     return StageOutput(rows=rows, stats=stats)
 
 
-def _token_stats(out: Path, started: float) -> dict[str, float]:
-    tokens = int(ray.data.read_parquet(str(out)).sum("output_tokens") or 0)  # type: ignore[arg-type]
-    return {"output_tokens": tokens, "tokens_per_s": tokens / max(time.time() - started, 1e-9)}
+def _sampling_stats(out: Path, started: float) -> dict[str, Any]:
+    """Manifest figures of a written sampling stage (responses, probe): tokens, tokens/s, per checkpoint."""
+    stats = generation_stats(ray.data.read_parquet(str(out)))
+    return {**stats, "tokens_per_s": stats["output_tokens"] / max(time.time() - started, 1e-9)}
 
 
 def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
@@ -107,9 +108,8 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
                 ds = generate_responses(ray.data.read_parquet(str(prompts.path)), config, round_index=r,
                                         checkpoints=checkpoints, progress=progress.counter)
                 result = _write(ds, out)
-            stats = generation_stats(ray.data.read_parquet(str(out)))
-            result.stats.update(stats, checkpoints=checkpoints, steady_tok_s=progress.final.get("steady_tok_s"),
-                                tokens_per_s=stats["output_tokens"] / max(time.time() - t0, 1e-9))
+            result.stats.update(_sampling_stats(out, t0), checkpoints=checkpoints,
+                                steady_tok_s=progress.final.get("steady_tok_s"))
             return result
 
         responses = summary.add(store.run_stage(r, "responses", write_responses,
@@ -153,7 +153,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
                                            stop=config.generation.stop or None),
                              chat=None, config=config, pool_size=1, seed_salt=f"{config.seed}:{r}:probe")
             result = _write(ds, out)
-            result.stats.update(_token_stats(out, t0))
+            result.stats.update(_sampling_stats(out, t0))
             return result
 
         if heldout:

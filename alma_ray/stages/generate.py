@@ -14,7 +14,7 @@ import numpy as np
 from ray.data import ActorPoolStrategy, Dataset
 
 from alma_ray.config import Config, EngineConfig
-from alma_ray.engine import actor_remote_args, build_llm, format_prompt, uses_chat_template
+from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
 
 TOO_LONG = "prompt_too_long"
 
@@ -64,9 +64,7 @@ class Sampler:
     def _encode(self, prompt: str) -> tuple[list[int], bool]:
         """Token ids the engine sees, and whether the prompt was cut to fit the context."""
         def encode(text: str) -> list[int]:
-            formatted = format_prompt(self.tokenizer, text, chat=self.chat, completion_template=self.template)
-            # Chat templates carry their own special tokens; plain completions get the tokenizer's BOS.
-            return self.tokenizer.encode(formatted, add_special_tokens=not self.chat)
+            return prompt_ids(self.tokenizer, text, chat=self.chat, completion_template=self.template)
 
         ids = encode(prompt)
         if len(ids) <= self.max_prompt_tokens or self.too_long == "skip":
@@ -162,14 +160,17 @@ def generate_responses(prompts: Dataset, config: Config, *, round_index: int, ch
 def generation_stats(responses: Dataset) -> dict[str, Any]:
     """Manifest figures for a written responses dataset: tokens, rows per checkpoint, too-long prompts."""
     def indicators(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"output_tokens": batch["output_tokens"],
+        return {"checkpoint": batch["checkpoint"], "output_tokens": batch["output_tokens"],
                 "skipped_too_long": (batch["finish_reason"] == TOO_LONG).astype(np.int64),
                 "truncated": batch["prompt_truncated"].astype(np.int64)}
 
-    totals = responses.map_batches(indicators, batch_format="numpy").sum(
-        ["output_tokens", "skipped_too_long", "truncated"])
-    per_checkpoint = {r["checkpoint"]: r["count()"] for r in responses.groupby("checkpoint").count().take_all()}
-    return {"output_tokens": int(totals["sum(output_tokens)"]),
-            "rows_too_long_skipped": int(totals["sum(skipped_too_long)"]),
-            "rows_prompt_truncated": int(totals["sum(truncated)"]),
-            "rows_per_checkpoint": per_checkpoint}
+    from ray.data.aggregate import Count, Sum
+
+    # One pass, grouped by checkpoint: a handful of groups, so one shuffle partition (Ray's default is 200).
+    groups = responses.map_batches(indicators, batch_format="numpy").groupby(
+        "checkpoint", num_partitions=1).aggregate(
+        Count(), Sum("output_tokens"), Sum("skipped_too_long"), Sum("truncated")).take_all()
+    return {"output_tokens": sum(int(g["sum(output_tokens)"]) for g in groups),
+            "rows_too_long_skipped": sum(int(g["sum(skipped_too_long)"]) for g in groups),
+            "rows_prompt_truncated": sum(int(g["sum(truncated)"]) for g in groups),
+            "rows_per_checkpoint": {g["checkpoint"]: int(g["count()"]) for g in groups}}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from alma_ray.engine import format_prompt, uses_chat_template
+from alma_ray.engine import prompt_ids, uses_chat_template
 from alma_ray.train.losses import IGNORE
 
 
@@ -27,8 +27,7 @@ def encode_example(tok: Any, prompt: str, response: str, *, max_seq_len: int, co
                    eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of prompt + response and labels that are -100 everywhere but the response (and its EOS)."""
     chat = uses_chat_template(tok, None)
-    text = format_prompt(tok, prompt, chat=chat, completion_template=completion_template)
-    p = tok.encode(text, add_special_tokens=not chat)
+    p = prompt_ids(tok, prompt, chat=chat, completion_template=completion_template)
     r = tok.encode(response if chat else " " + response, add_special_tokens=False)
     if eos:
         r = r + [tok.eos_token_id]

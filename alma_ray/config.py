@@ -113,6 +113,8 @@ class TrainConfig(_Section):
     zero_stage: int = Field(default=2, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: fp32 on CPU, bf16 on GPU."""
+    bucket_window: int = Field(default=16, ge=1)
+    """Length bucketing: sort each window of this many micro-batches by length before cutting it; 1: off."""
     report_every: int = Field(default=10, ge=1)
     checkpoint_every: int = Field(default=0, ge=0)
     """Save a resumable Ray Train checkpoint (DeepSpeed state) every this many steps; 0: only the final model."""

@@ -94,6 +94,13 @@ def score_distribution(first: dict[int, float], after_one: dict[int, float], tok
     return (probs / mass if mass > 0 else np.full(11, 1 / 11)), mass
 
 
+def judge_prompt_ids(tokenizer: Any, prompt: str, response: str, *, chat: bool) -> list[int]:
+    """Token ids of the judge's input for one (prompt, response), ending right before the rating digits."""
+    text = format_prompt(tokenizer, JUDGE_TEMPLATE.format(prompt=prompt, response=response), chat=chat,
+                         completion_template="{prompt}\n")
+    return tokenizer.encode(text + RATING_PREFIX, add_special_tokens=not chat)  # type: ignore[no-any-return]
+
+
 class Judge:
     """Ray Data actor holding a vLLM engine of the judge; adds scores and judge lineage to every row.
 
@@ -112,9 +119,7 @@ class Judge:
         self.max_prompt_tokens = engine.max_model_len - 2
 
     def prompt_ids(self, prompt: str, response: str) -> list[int]:
-        text = format_prompt(self.tokenizer, JUDGE_TEMPLATE.format(prompt=prompt, response=response),
-                             chat=self.chat, completion_template="{prompt}\n")
-        return self.tokenizer.encode(text + RATING_PREFIX, add_special_tokens=not self.chat)
+        return judge_prompt_ids(self.tokenizer, prompt, response, chat=self.chat)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from vllm import SamplingParams, TokensPrompt

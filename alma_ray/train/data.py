@@ -3,11 +3,17 @@
 SFT rows: (prompt, response) -> ``input_ids``, ``labels`` (-100 on the prompt). Preference rows: (prompt,
 chosen, rejected) -> the same two columns for each side, prefixed ``chosen_`` / ``rejected_``. Prompts go through
 the model's chat template when it has one, else the plain completion template; responses end with EOS.
+
+Length bucketing (``micro_batches``): each worker reads a window of ``bucket_window`` micro-batches at a time, sorts
+it by length, cuts it into micro-batches and trains on them in a seeded random order, so a micro-batch holds
+sequences of similar length and padding stops being the cost. The number of micro-batches is the same as without
+bucketing, so every rank takes the same number of steps.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -63,6 +69,40 @@ def tokenize_pairs(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int
     return out
 
 
+def tokenize_judge(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int, chat: bool | None,
+                   max_response_chars: int) -> dict[str, list[Any]]:
+    """(prompt, response, target) rows for the judge's rating loss: the judge prompt up to the rating slot plus
+    a "1" (``input_ids``), the rating slot's index (``rating_pos``) and the 11-way target (one-hot or soft)."""
+    from alma_ray.stages.judge import ScoreTokens, judge_prompt_ids
+
+    tok = _tokenizer(model)
+    one = ScoreTokens.from_tokenizer(tok).digits[1]
+    use_chat = uses_chat_template(tok, chat)
+    out: dict[str, list[Any]] = {"input_ids": [], "rating_pos": [], "target": []}
+    for prompt, response, target in zip(batch["prompt"], batch["response"], batch["target"]):
+        ids = judge_prompt_ids(tok, str(prompt), str(response)[:max_response_chars], chat=use_chat)
+        if len(ids) + 1 > max_seq_len:
+            raise ValueError(f"a judge example is {len(ids) + 1} tokens, over train.max_seq_len={max_seq_len}; "
+                             "raise train.max_seq_len or lower judge.max_response_chars")
+        t = np.asarray(target, dtype=np.float32)
+        if t.shape != (11,) or not np.isclose(t.sum(), 1.0, atol=1e-3) or (t < 0).any():
+            raise ValueError(f"judge target must be 11 probabilities over the ratings 0..10, got {target!r}")
+        out["input_ids"].append(np.array(ids + [one], dtype=np.int64))
+        out["rating_pos"].append(len(ids) - 1)
+        out["target"].append(t)
+    return out
+
+
+def one_hot_ratings(scores: Iterable[int]) -> list[np.ndarray]:
+    """Integer ratings 0..10 as judge training targets."""
+    out = []
+    for s in scores:
+        if not 0 <= int(s) <= 10:
+            raise ValueError(f"a rating must be an integer in 0..10, got {s!r}")
+        out.append(np.eye(11, dtype=np.float32)[int(s)])
+    return out
+
+
 def pad_batch(input_ids: list[np.ndarray], labels: list[np.ndarray], pad_id: int) -> dict[str, Any]:
     """Right-pad a list of sequences to the batch's longest: input_ids, labels (-100 on padding), attention_mask."""
     import torch
@@ -72,7 +112,39 @@ def pad_batch(input_ids: list[np.ndarray], labels: list[np.ndarray], pad_id: int
     lab = torch.full_like(ids, IGNORE)
     mask = torch.zeros_like(ids)
     for i, (x, y) in enumerate(zip(input_ids, labels)):
-        ids[i, : len(x)] = torch.as_tensor(x)
-        lab[i, : len(y)] = torch.as_tensor(y)
+        ids[i, : len(x)] = torch.tensor(x)
+        lab[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return {"input_ids": ids, "labels": lab, "attention_mask": mask}
+
+
+def row_lengths(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Each row's padded width: its sequence length (SFT) or the longer of chosen and rejected (pairs)."""
+    keys = [k for k in ("input_ids", "chosen_input_ids", "rejected_input_ids") if k in batch]
+    return np.max([[len(x) for x in batch[k]] for k in keys], axis=0)
+
+
+def micro_batches(windows: Iterable[dict[str, np.ndarray]], *, micro_batch: int, rng: np.random.Generator,
+                  bucket: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """Cut each window (a batch of several micro-batches' rows) into micro-batches of similar length, shuffled."""
+    for window in windows:
+        n = len(next(iter(window.values())))
+        order = np.argsort(row_lengths(window), kind="stable") if bucket else np.arange(n)
+        chunks = [order[i : i + micro_batch] for i in range(0, n, micro_batch)]
+        for j in (rng.permutation(len(chunks)) if bucket else range(len(chunks))):
+            yield {k: v[chunks[j]] for k, v in window.items()}
+
+
+def padding_fraction(lengths: np.ndarray, micro_batch: int, *, window: int, seed: int = 0) -> float:
+    """The share of padding in the micro-batches that ``micro_batches`` cuts from rows of these lengths, in order
+    (``window=1``: no bucketing)."""
+    rows = np.empty(len(lengths), dtype=object)
+    rows[:] = [np.zeros(n, dtype=np.int64) for n in lengths]
+    size = micro_batch * window
+    windows = ({"input_ids": rows[i : i + size]} for i in range(0, len(rows), size))
+    real = cells = 0
+    for mb in micro_batches(windows, micro_batch=micro_batch, rng=np.random.default_rng(seed), bucket=window > 1):
+        widths = [len(x) for x in mb["input_ids"]]
+        real += sum(widths)
+        cells += max(widths) * len(widths)
+    return 1 - real / cells

@@ -13,19 +13,24 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from ray.data import Dataset
 
 from alma_ray.config import Config, TrainConfig
-from alma_ray.train.data import pad_batch, tokenize_pairs, tokenize_sft
+from alma_ray.train.data import micro_batches, pad_batch, tokenize_judge, tokenize_pairs, tokenize_sft
+from alma_ray.train.losses import metrics_mean
 
-Objective = Literal["sft", "dpo", "reward"]
+Objective = Literal["sft", "dpo", "reward", "judge"]
 STATE_TAG = "state"
 PROGRESS = "progress.json"
 COLUMNS: dict[str, list[str]] = {"sft": ["prompt", "response"], "dpo": ["prompt", "chosen", "rejected"],
-                                 "reward": ["prompt", "chosen", "rejected"]}
+                                 "reward": ["prompt", "chosen", "rejected"],
+                                 "judge": ["prompt", "response", "target"]}
 
 
 def deepspeed_config(train: TrainConfig, *, use_gpu: bool) -> dict[str, Any]:
@@ -54,129 +59,202 @@ def _load_model(path: str, objective: str, pad_id: int) -> Any:
 
 
 def _step(objective: str, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int, beta: float,
-          ) -> tuple[Any, dict[str, float], int]:
-    """Loss, metrics and trained-on tokens for one micro-batch."""
+          score_tokens: Any = None) -> tuple[Any, dict[str, float], int, int]:
+    """Loss, metrics, real (non-padding) tokens and padded cells of one micro-batch."""
     import torch
 
     from alma_ray.train.losses import (
-        IGNORE,
         bradley_terry_loss,
         dpo_loss,
+        judge_rating_loss,
         last_token_values,
+        score_logprobs,
         sequence_logprobs,
         sft_loss,
     )
 
+    if objective == "judge":  # the rating slot and the slot after "1", from one pass over (judge prompt + "1")
+        inputs = {k: v.to(engine.device) for k, v in pad_batch(batch["input_ids"], batch["input_ids"], pad_id).items()}
+        mask = inputs["attention_mask"]
+        logits = engine(input_ids=inputs["input_ids"], attention_mask=mask).logits
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = torch.as_tensor(np.asarray(batch["rating_pos"], dtype=np.int64), device=logits.device)
+        score_lp = score_logprobs(logits[rows, pos], logits[rows, pos + 1], score_tokens.digits, score_tokens.ten)
+        target = torch.as_tensor(np.stack(batch["target"]), device=logits.device)
+        loss, metrics = judge_rating_loss(score_lp, target)
+        return loss, metrics, int(mask.sum()), mask.numel()
     if objective == "sft":
         inputs = {k: v.to(engine.device) for k, v in pad_batch(batch["input_ids"], batch["labels"], pad_id).items()}
         logits = engine(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        return sft_loss(logits, inputs["labels"]), {}, int((inputs["labels"] != IGNORE).sum())
+        mask = inputs["attention_mask"]
+        return sft_loss(logits, inputs["labels"]), {}, int(mask.sum()), mask.numel()
     # Preference pairs: chosen and rejected in one forward pass (rows [:B] and [B:]).
     n = len(batch["chosen_input_ids"])
     inputs = {k: v.to(engine.device) for k, v in pad_batch(
         [*batch["chosen_input_ids"], *batch["rejected_input_ids"]],
         [*batch["chosen_labels"], *batch["rejected_labels"]], pad_id).items()}
-    tokens = int(inputs["attention_mask"].sum())
+    mask = inputs["attention_mask"]
+    tokens, cells = int(mask.sum()), mask.numel()
     if objective == "reward":
         module = engine.module
-        hidden = module.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        values = last_token_values(module.score(hidden.last_hidden_state), inputs["attention_mask"])
+        hidden = module.base_model(input_ids=inputs["input_ids"], attention_mask=mask)
+        values = last_token_values(module.score(hidden.last_hidden_state), mask)
         loss, metrics = bradley_terry_loss(values[:n], values[n:])
-        return loss, metrics, tokens
-    logp = sequence_logprobs(engine(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits,
-                             inputs["labels"])
+        return loss, metrics, tokens, cells
+    logp = sequence_logprobs(engine(input_ids=inputs["input_ids"], attention_mask=mask).logits, inputs["labels"])
     with torch.no_grad():
-        ref = sequence_logprobs(reference(input_ids=inputs["input_ids"],
-                                          attention_mask=inputs["attention_mask"]).logits, inputs["labels"])
+        ref = sequence_logprobs(reference(input_ids=inputs["input_ids"], attention_mask=mask).logits,
+                                inputs["labels"])
     loss, metrics = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], beta=beta)
-    return loss, metrics, tokens
+    return loss, metrics, tokens, cells
+
+
+@dataclass
+class Worker:
+    """One rank's model, wrapped by DeepSpeed (plus DPO's frozen reference), and what it has done so far."""
+
+    objective: str
+    train: TrainConfig
+    engine: Any
+    reference: Any
+    tokenizer: Any
+    pad_id: int
+    score_tokens: Any = None
+    """The judge objective's rating-digit token ids (``alma_ray.stages.judge.ScoreTokens``)."""
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0
+    resumed_from: int = 0
+    tokens: int = 0
+    cells: int = 0
+    step_ends: list[tuple[float, int]] = field(default_factory=list)
+    """(time, cumulative real tokens) after each step this process ran."""
+    first_step_at: float = 0.0
+
+    @classmethod
+    def start(cls, cfg: dict[str, Any]) -> Worker:
+        """Join the process group and build the DeepSpeed engine (every rank; Ray Train and bare torchrun alike)."""
+        use_gpu: bool = cfg["use_gpu"]
+        if not use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+        import torch
+        from transformers import AutoTokenizer
+
+        if not use_gpu:
+            # The shared-memory all-reduce op would be JIT-compiled with g++ (about a minute); gloo does the job.
+            deepspeed.ops.__compatible_ops__ = {}  # type: ignore[attr-defined]
+        train = TrainConfig(**cfg["train"])
+        objective: str = cfg["objective"]
+        torch.manual_seed(train.seed)
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        model = _load_model(cfg["model"], objective, pad_id)
+        reference = None
+        if objective == "dpo":  # frozen reference, computed on the fly (same device, no optimizer state)
+            reference = _load_model(cfg.get("reference") or cfg["model"], objective, pad_id)
+            reference.eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                          config=deepspeed_config(train, use_gpu=use_gpu))
+        if reference is not None:
+            reference.to(engine.device)
+        score_tokens = None
+        if objective == "judge":
+            from alma_ray.stages.judge import ScoreTokens
+
+            score_tokens = ScoreTokens.from_tokenizer(tokenizer)
+        return cls(objective, train, engine, reference, tokenizer, pad_id, score_tokens)
+
+    def micro_batches(self, windows: Iterable[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng([self.train.seed, epoch])
+        return micro_batches(windows, micro_batch=self.train.micro_batch, rng=rng,
+                             bucket=self.train.bucket_window > 1)
+
+    def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimizer micro-step; returns what to report (loss, step, the objective's running metrics)."""
+        if not self.first_step_at:
+            self.first_step_at = time.time()
+        loss, metrics, tokens, cells = _step(self.objective, self.engine, self.reference, batch, self.pad_id,
+                                             self.train.dpo_beta, self.score_tokens)
+        self.engine.backward(loss)
+        self.engine.step()
+        self.losses.append(float(loss.detach()))
+        self.history.append(metrics)
+        self.tokens += tokens
+        self.cells += cells
+        self.step_ends.append((time.time(), self.tokens))
+        return {"loss": self.losses[-1], "step": self.step,
+                **metrics_mean(self.history[-self.train.report_every:])}
+
+    def summary(self) -> dict[str, Any]:
+        """Loss curve, tokens/s (whole run and steady state: after the first quarter of steps) and final metrics."""
+        elapsed = self.step_ends[-1][0] - self.first_step_at if self.step_ends else 0.0
+        warm = len(self.step_ends) // 4
+        steady = 0.0
+        if 0 < warm < len(self.step_ends) - 1:
+            (t0, k0), (t1, k1) = self.step_ends[warm], self.step_ends[-1]
+            steady = (k1 - k0) / (t1 - t0)
+        last_quarter = metrics_mean(self.history[-max(1, len(self.history) // 4):])
+        return {
+            "objective": self.objective, "loss": self.losses[-1] if self.losses else float("nan"),
+            "steps": len(self.losses), "resumed_from_step": self.resumed_from,
+            "train_tokens_per_s_rank0": self.tokens / elapsed if elapsed else 0.0,
+            "steady_tokens_per_s_rank0": steady, "padding_fraction": 1 - self.tokens / max(1, self.cells),
+            "first_step_at": self.first_step_at, "losses": self.losses,
+            **{f"final_{k}": v for k, v in last_quarter.items()}}
+
+    def consolidated_state(self) -> dict[str, Any]:
+        """The full state dict; under ZeRO-3 a collective gather that every rank must join."""
+        if self.train.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()  # type: ignore[no-any-return]
+        return self.engine.module.state_dict()  # type: ignore[no-any-return]
+
+    def save_pretrained(self, out: str, state: dict[str, Any], summary: dict[str, Any]) -> None:
+        self.engine.module.save_pretrained(out, state_dict=state)
+        self.tokenizer.save_pretrained(out)
+        Path(out, "train_metrics.json").write_text(json.dumps(summary))
 
 
 def train_loop(cfg: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (``train_loop_per_worker``)."""
-    use_gpu: bool = cfg["use_gpu"]
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
     import ray.train
-    import torch
-    from transformers import AutoTokenizer
 
-    from alma_ray.train.losses import metrics_mean
-
-    if not use_gpu:
-        # The shared-memory all-reduce op would be JIT-compiled with g++ (about a minute); gloo does the job.
-        deepspeed.ops.__compatible_ops__ = {}  # type: ignore[attr-defined]
-    train = TrainConfig(**cfg["train"])
-    objective: str = cfg["objective"]
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.manual_seed(train.seed)
-    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model = _load_model(cfg["model"], objective, pad_id)
-    reference = None
-    if objective == "dpo":  # frozen reference, computed on the fly (same device, no optimizer state)
-        reference = _load_model(cfg.get("reference") or cfg["model"], objective, pad_id).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                      config=deepspeed_config(train, use_gpu=use_gpu))
-    if reference is not None:
-        reference.to(engine.device)
+    worker = Worker.start(cfg)
+    train = worker.train
+    rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard("train")
-    losses: list[float] = []
-    history: list[dict[str, float]] = []
-    resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group (or rerun stage): DeepSpeed state + the curves so far
         with checkpoint.as_directory() as state_dir:
             if Path(state_dir, PROGRESS).exists():  # not a finished run's final model folder
-                engine.load_checkpoint(state_dir, tag=STATE_TAG)
+                worker.engine.load_checkpoint(state_dir, tag=STATE_TAG)
                 progress = json.loads(Path(state_dir, PROGRESS).read_text())
-                losses, history, resumed_from = progress["losses"], progress["history"], progress["step"]
-    tokens = 0
-    started = time.time()
-    step = 0
+                worker.losses, worker.history = progress["losses"], progress["history"]
+                worker.resumed_from = progress["step"]
     for epoch in range(train.epochs):
-        for batch in shard.iter_batches(batch_size=train.micro_batch, batch_format="numpy",
-                                        local_shuffle_buffer_size=None):
-            step += 1
-            if step <= resumed_from:  # done before the restart (the shard's order may differ slightly)
+        windows = shard.iter_batches(batch_size=train.micro_batch * train.bucket_window, batch_format="numpy",
+                                     local_shuffle_buffer_size=None)
+        for batch in worker.micro_batches(windows, epoch):
+            worker.step += 1
+            if worker.step <= worker.resumed_from:  # done before the restart (the shard's order may differ)
                 continue
-            loss, metrics, n_tokens = _step(objective, engine, reference, batch, pad_id, train.dpo_beta)
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach()))
-            history.append(metrics)
-            tokens += n_tokens
-            report = {"loss": losses[-1], "step": step, "epoch": epoch,
-                      **metrics_mean(history[-train.report_every:])}
-            if train.checkpoint_every and step % train.checkpoint_every == 0:
+            report = {**worker.run_step(batch), "epoch": epoch}
+            if train.checkpoint_every and worker.step % train.checkpoint_every == 0:
                 with tempfile.TemporaryDirectory() as state_dir:  # every rank writes its ZeRO shard
-                    engine.save_checkpoint(state_dir, tag=STATE_TAG)
+                    worker.engine.save_checkpoint(state_dir, tag=STATE_TAG)
                     if rank == 0:
                         Path(state_dir, PROGRESS).write_text(json.dumps(
-                            {"step": step, "losses": losses, "history": history}))
+                            {"step": worker.step, "losses": worker.losses, "history": worker.history}))
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(state_dir))
-            elif step % train.report_every == 0:
+            elif worker.step % train.report_every == 0:
                 ray.train.report(report)
-    elapsed = time.time() - started
-    last_quarter = metrics_mean(history[-max(1, len(history) // 4):])
-    summary: dict[str, Any] = {
-        "objective": objective, "loss": losses[-1] if losses else float("nan"), "steps": len(losses),
-        "resumed_from_step": resumed_from,
-        "train_tokens_per_s_rank0": tokens / elapsed if elapsed else 0.0, "losses": losses,
-        **{f"final_{k}": v for k, v in last_quarter.items()}}
-
-    state = (engine._zero3_consolidated_16bit_state_dict() if train.zero_stage == 3  # collective: all ranks
-             else engine.module.state_dict())
+    summary = worker.summary()
+    state = worker.consolidated_state()
     if rank == 0:
         with tempfile.TemporaryDirectory() as out:
-            engine.module.save_pretrained(out, state_dict=state)
-            tokenizer.save_pretrained(out)
-            Path(out, "train_metrics.json").write_text(json.dumps(summary))
+            worker.save_pretrained(out, state, summary)
             ray.train.report({k: v for k, v in summary.items() if k != "losses"},
                              checkpoint=ray.train.Checkpoint.from_directory(out))
     else:
@@ -187,7 +265,8 @@ def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, 
         reference: str | None = None) -> dict[str, Any]:
     """Train ``model`` with ``objective`` on ``examples`` and write the result as an HF folder in ``out_dir``.
 
-    Columns: ``prompt, response`` for ``sft``; ``prompt, chosen, rejected`` for ``dpo`` and ``reward``. DPO's
+    Columns: ``prompt, response`` for ``sft``; ``prompt, chosen, rejected`` for ``dpo`` and ``reward``;
+    ``prompt, response, target`` for ``judge`` (target: 11 probabilities over the ratings 0..10). DPO's
     frozen reference is ``reference`` (default: ``model``, the usual choice). Returns the metrics written to
     ``out_dir/train_metrics.json`` (loss curve, tokens/s and the objective's own figures).
     """
@@ -201,6 +280,10 @@ def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, 
     kwargs = dict(model=model, max_seq_len=train.max_seq_len, completion_template=config.generation.completion_template)
     if objective == "sft":
         tokenized = examples.map_batches(tokenize_sft, fn_kwargs=kwargs, batch_size=256)  # type: ignore[arg-type]
+    elif objective == "judge":
+        judge_kwargs = dict(model=model, max_seq_len=train.max_seq_len, chat=config.judge.chat_template,
+                            max_response_chars=config.judge.max_response_chars)
+        tokenized = examples.map_batches(tokenize_judge, fn_kwargs=judge_kwargs, batch_size=256)  # type: ignore[arg-type]
     else:
         pair_kwargs = {**kwargs, "eos": objective == "dpo"}  # the reward head reads the last response token
         tokenized = examples.map_batches(tokenize_pairs, fn_kwargs=pair_kwargs, batch_size=256)  # type: ignore[arg-type]

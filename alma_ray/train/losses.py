@@ -5,7 +5,10 @@
   response log-probs, with a frozen reference model.
 - ``reward``: Bradley-Terry, ``-log sigmoid(r_c - r_r)`` on a scalar head read at each sequence's last token.
 
-The judge's rating loss is ``sft`` on (judge prompt, rating) pairs: the judge learns to emit ``[[s]]``.
+- ``judge``: cross-entropy between a target distribution over the ratings 0..10 (one-hot for an annotated
+  integer, the teacher's distribution for self-distillation) and the judge's own p(0..10), read exactly as the
+  scorer reads it (``alma_ray.stages.judge.score_distribution``): the rating slot, plus the slot after a "1"
+  for 1 vs 10. One forward pass of (judge prompt + "1") gives both slots.
 """
 
 from __future__ import annotations
@@ -62,3 +65,38 @@ def last_token_values(values: torch.Tensor, attention_mask: torch.Tensor) -> tor
 def metrics_mean(rows: list[dict[str, Any]]) -> dict[str, float]:
     keys = {k for r in rows for k in r}
     return {k: sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows)) for k in sorted(keys)}
+
+
+def score_logprobs(first: torch.Tensor, after_one: torch.Tensor, digits: list[int], ten: int | None
+                   ) -> torch.Tensor:
+    """log p(s) for s = 0..10 from the logits at the rating slot (``first``) and after a "1"; shape [batch, 11].
+
+    Differentiable twin of ``alma_ray.stages.judge.score_distribution`` (before its normalization): p(1) is "1"
+    followed by no further digit, p(10) is "1" then "0" (plus a single "10" token where the tokenizer has one).
+    """
+    lp1 = first.float().log_softmax(-1)
+    lp2 = after_one.float().log_softmax(-1)
+    index = torch.as_tensor(digits, device=first.device)
+    lpd = lp1[:, index]
+    more = lp2[:, index].exp().sum(-1).clamp(max=1 - 1e-6)
+    one = lpd[:, 1] + torch.log1p(-more)
+    ten_lp = lpd[:, 1] + lp2[:, digits[0]]
+    if ten is not None:
+        ten_lp = torch.logaddexp(ten_lp, lp1[:, ten])
+    return torch.cat([lpd[:, :1], one[:, None], lpd[:, 2:], ten_lp[:, None]], dim=1)
+
+
+def judge_rating_loss(score_lp: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """-sum_s target(s) log p(s), averaged over rows; ``target`` rows sum to 1 (one-hot or a distribution).
+
+    p(s) is not renormalized over the 11 ratings, so the loss also moves mass from other tokens onto them.
+    Metrics: the mean absolute error of the expected score, and the mass on valid ratings.
+    """
+    target = target.to(score_lp.dtype)
+    loss = -(target * score_lp).sum(-1).mean()
+    with torch.no_grad():
+        probs = score_lp.exp()
+        scores = torch.arange(11, dtype=probs.dtype, device=probs.device)
+        expected = (probs / probs.sum(-1, keepdim=True)) @ scores
+        mae = (expected - target @ scores).abs().mean()
+    return loss, {"score_mae": float(mae), "score_mass": float(probs.sum(-1).mean())}

@@ -127,3 +127,36 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: 
     assert isinstance(metrics, dict)
     assert metrics["resumed_from_step"] >= 4
     assert metrics["steps"] == 2 * 32 // (2 * 2)  # epochs x rows / (workers x micro_batch): none lost
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_judge_learns_the_annotated_ratings(tiny_model: str, tmp_path: Path) -> None:
+    """The rating loss through the real loop; the trained folder then scores through the vLLM judge (the same
+    two-slot reading the loss trains): the annotated rows come back near their ratings, a new prompt is ranked."""
+    import numpy as np
+    import ray.data
+
+    from alma_ray.config import EngineConfig
+    from alma_ray.stages.judge import Judge
+    from alma_ray.train.data import one_hot_ratings
+
+    topics = ["rain", "the sea", "bread", "a city", "winter", "a garden", "the moon", "a river"]
+    rows = []
+    for t in topics:
+        rows.append({"prompt": f"tell me about {t}", "response": f"{t}: here is a careful answer",
+                     "target": one_hot_ratings([9])[0]})
+        rows.append({"prompt": f"tell me about {t}", "response": "no", "target": one_hot_ratings([1])[0]})
+    # No length bucketing here: it would put the short "no" rows in batches of their own, and with 16 rows the
+    # judge would spend its steps swinging between the two ratings.
+    rows[0]["target"] = np.array([0] * 8 + [0.3, 0.5, 0.2], dtype=np.float32)  # a soft (self-distilled) row
+    out = tmp_path / "judge" / "judge"
+    config = _config(tiny_model, max_seq_len=1024, epochs=10, lr=3e-3, bucket_window=1)
+    metrics = fit(ray.data.from_items(rows), config, objective="judge", model=tiny_model, out_dir=out, seed=0)
+    assert metrics["losses"][-1] < metrics["losses"][0] / 2
+    judge = Judge(str(out), name="tiny-judge", version="t", chat=None, max_response_chars=4000,
+                  engine=EngineConfig(max_model_len=1024, dtype="float32"), use_gpu=False)
+    scored = judge({"prompt": np.array(["tell me about rain"] * 2 + ["tell me about snow"] * 2),
+                    "response": np.array(["rain: here is a careful answer", "no"] * 2)})
+    seen_good, seen_bad, unseen_good, unseen_bad = scored["score"]
+    assert seen_good > 7 and seen_bad < 3, scored["score"]  # the annotated ratings, read back through vLLM
+    assert unseen_good > unseen_bad + 1, scored["score"]  # and a new prompt is ranked the same way

@@ -96,3 +96,42 @@ def test_pairs_tokenize_both_sides(tiny_model: str) -> None:
     eos = _tokenizer(tiny_model).eos_token_id
     assert dpo["chosen_input_ids"][0][-1] == eos and rm["chosen_input_ids"][0][-1] != eos
     assert len(dpo["rejected_input_ids"][0]) < len(dpo["chosen_input_ids"][0])
+
+
+def test_judge_score_logprobs_match_the_scorer_and_the_loss_is_cross_entropy() -> None:
+    from alma_ray.stages.judge import ScoreTokens, score_distribution
+    from alma_ray.train.losses import judge_rating_loss, score_logprobs
+
+    torch.manual_seed(0)
+    for ten in (None, 40):
+        tokens = ScoreTokens(digits=list(range(20, 30)), ten=ten)
+        first, after = torch.randn(3, 50) * 3, torch.randn(3, 50) * 3
+        lp = score_logprobs(first, after, tokens.digits, tokens.ten)
+        for b in range(3):
+            la, lb = first[b].double().log_softmax(-1), after[b].double().log_softmax(-1)
+            wanted = tokens.digits + ([ten] if ten is not None else [])
+            dist, mass = score_distribution({t: float(la[t]) for t in wanted}, {t: float(lb[t]) for t in wanted},
+                                            tokens)
+            assert float(lp[b].exp().sum()) == pytest.approx(mass, rel=1e-5)
+            np.testing.assert_allclose((lp[b].exp() / lp[b].exp().sum()).numpy(), dist, atol=1e-6)
+        soft = torch.softmax(torch.randn(3, 11), -1)
+        loss, metrics = judge_rating_loss(lp, soft)
+        assert float(loss) == pytest.approx(float(-(soft * lp).sum(-1).mean()), rel=1e-6)
+        assert 0 <= metrics["score_mae"] <= 10 and 0 < metrics["score_mass"] <= 1
+
+
+def test_judge_targets_are_checked(tiny_model: str) -> None:
+    from alma_ray.train.data import one_hot_ratings, tokenize_judge
+
+    (target,) = one_hot_ratings([10])
+    assert target.argmax() == 10 and target.sum() == 1
+    with pytest.raises(ValueError, match="0..10"):
+        one_hot_ratings([11])
+    batch = {"prompt": np.array(["hi"]), "response": np.array(["hello"]), "target": [np.full(11, 0.5)]}
+    with pytest.raises(ValueError, match="11 probabilities"):
+        tokenize_judge(batch, model=tiny_model, max_seq_len=1024, chat=None, max_response_chars=100)
+    batch["target"] = [target]
+    out = tokenize_judge(batch, model=tiny_model, max_seq_len=1024, chat=None, max_response_chars=100)
+    assert out["rating_pos"][0] == len(out["input_ids"][0]) - 2  # the rating slot, then the "1"
+    with pytest.raises(ValueError, match="max_seq_len"):
+        tokenize_judge(batch, model=tiny_model, max_seq_len=16, chat=None, max_response_chars=100)

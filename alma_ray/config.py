@@ -89,6 +89,15 @@ class GenerationConfig(_Section):
         return self
 
 
+class JudgeMember(_Section):
+    """One judge of the ensemble: a model (a fine-tuned checkpoint) and how it reads prompts."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str
+    weight: float = Field(default=1.0, gt=0)
+    chat_template: bool | None = None
+
+
 class JudgeConfig(_Section):
     """LLM-as-judge giving a real-valued 0-10 score from the score-token probabilities."""
 
@@ -97,12 +106,37 @@ class JudgeConfig(_Section):
     """Bump when the judge's weights or prompt change meaningfully; recorded on every scored row."""
     chat_template: bool | None = None
     max_response_chars: int = Field(default=4000, gt=0)
+    weight: float = Field(default=1.0, gt=0)
+    """This judge's weight in the ensemble's mean."""
+    ensemble: list[JudgeMember] = []
+    """More judges served beside ``model`` (other checkpoints or prompt settings); the score is the weighted mean."""
+    max_batch_size: int = Field(default=64, ge=1)
+    """Pairs a Serve replica scores in one vLLM call (requests are batched together up to this)."""
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+
+    @property
+    def members(self) -> list[JudgeMember]:
+        """Every judge of the ensemble, ``model`` first (named "main")."""
+        main = JudgeMember(name="main", model=self.model, weight=self.weight, chat_template=self.chat_template)
+        return [main, *self.ensemble]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> JudgeConfig:
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judge names must be unique (the main judge is 'main'): {names}")
+        return self
 
 
 class TrainConfig(_Section):
     """SFT with Ray Train + DeepSpeed ZeRO; ALMA trains from the base model on D_1..D_r."""
 
     init: Literal["base", "latest"] = "base"
+    """Each round trains from the base model on D_1..D_r (ALMA), or from the previous round's model ("latest")."""
+    round_one_seeds: int = Field(default=2, ge=1)
+    """Round 1 trains this many models from the base, seeds train.seed, train.seed+1, ... (ALMA: two, M1a and
+    M1b). Later rounds sample them through checkpoints whose model is round_one:<k>."""
     seed: int = 0
     epochs: int = Field(default=1, ge=1)
     lr: float = Field(default=2e-5, gt=0)
@@ -121,6 +155,10 @@ class TrainConfig(_Section):
     max_failures: int = Field(default=1, ge=0)
     """Worker-group restarts Ray Train may make; each resumes from the latest checkpoint."""
     dpo_beta: float = Field(default=0.1, gt=0)
+    dpo_reference: Literal["online", "precomputed"] = "precomputed"
+    """DPO's frozen reference log-probs: computed in each training step by a reference model on every worker
+    ("online"), or once per run in a Ray Data pass before training ("precomputed"; frees the workers' memory
+    of the reference model). docs/training.md has the measurement behind the default."""
     """DPO's beta: how far the policy may move from the frozen reference."""
 
 
@@ -165,6 +203,15 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     engine: EngineConfig = EngineConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _round_one_models_exist(self) -> Config:
+        last = self.train.round_one_seeds - 1
+        for c in self.generation.checkpoints:
+            if c.model.startswith("round_one:") and c.model not in {f"round_one:{k}" for k in range(last + 1)}:
+                raise ValueError(f"checkpoint {c.name}: model {c.model!r} names no round-one model; use "
+                                 f"round_one:0 .. round_one:{last} (train.round_one_seeds)")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -67,7 +67,8 @@ def plan_resources(config: Config) -> Plan:
     pools = [Pool("synthesis", "base", res.engines_per_checkpoint, engine_cpus, gpus)]
     pools += [Pool("generate", f"checkpoint:{c.name}", res.engines_per_checkpoint, engine_cpus, gpus)
               for c in config.generation.checkpoints]
-    pools.append(Pool("judge", "judge", res.judge_engines, engine_cpus, gpus))
+    pools += [Pool("judge", f"serve-judge:{m.name}", res.judge_engines, engine_cpus, gpus)
+              for m in config.judge.members]
     pools.append(Pool("train", "sft-worker", res.train_workers, 1.0 if res.use_gpu else res.cpus_per_train_worker,
                       1.0 if res.use_gpu else 0.0))
     pools.append(Pool("probe", "sft-checkpoint", 1, engine_cpus, gpus))

@@ -6,6 +6,7 @@ Every stage is committed to the run directory (alma_ray.store) and skipped when 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import ray.data
 
 from alma_ray.config import Config
+from alma_ray.judge_service import judge_service
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import plan_resources
 from alma_ray.progress import StageProgress
@@ -28,6 +30,19 @@ from alma_ray.train.loop import fit
 
 LATEST = "latest"
 """A checkpoint whose model is ``latest`` samples from the previous round's SFT model (absent in round 1)."""
+ROUND_ONE = "round_one:"
+"""A checkpoint whose model is ``round_one:<k>`` samples from round 1's k-th SFT model (seed train.seed + k),
+ALMA's M1a (k=0) and M1b (k=1); absent in round 1."""
+
+
+def _round_model(model: str, *, latest: str | None, round_one: list[str]) -> str | None:
+    """The folder a checkpoint's ``model`` names this round: a fixed model, or one this run trained (or None)."""
+    if model == LATEST:
+        return latest
+    if model.startswith(ROUND_ONE):
+        k = int(model[len(ROUND_ONE):])
+        return round_one[k] if k < len(round_one) else None
+    return None
 
 
 @dataclass
@@ -81,8 +96,9 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
     store = RunStore(config.run_dir, config.digest(), config.to_yaml())
     summary = RunSummary(store.run_dir)
     base = resolve_model(config.base_model)
-    judge_model = resolve_model(config.judge.model)
-    fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints if c.model != LATEST}
+    judge_models = {m.name: resolve_model(m.model) for m in config.judge.members}
+    fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
+             if c.model != LATEST and not c.model.startswith(ROUND_ONE)}
     seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
                        max_chars=config.synthesis.max_seed_chars)
     heldout, pool = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
@@ -91,6 +107,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
 
     selected_dirs: list[str] = []
     latest: str | None = None
+    round_one: list[str] = []
     for r in range(1, config.rounds + 1):
         def write_prompts(out: Path) -> StageOutput:
             ds, counts = synthesize_prompts(config, base_model=base, seeds=pool, round_index=r)
@@ -99,8 +116,10 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
         prompts = summary.add(store.run_stage(r, "prompts", write_prompts), log)
 
         checkpoints = dict(fixed)
-        if latest is not None:
-            checkpoints.update({c.name: latest for c in config.generation.checkpoints if c.model == LATEST})
+        for c in config.generation.checkpoints:
+            model_dir = _round_model(c.model, latest=latest, round_one=round_one)
+            if model_dir is not None:
+                checkpoints[c.name] = model_dir
 
         def write_responses(out: Path) -> StageOutput:
             t0 = time.time()
@@ -116,8 +135,8 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
                                                 {"prompts": prompts.manifest}), log)
 
         def write_scores(out: Path) -> StageOutput:
-            ds = judge_responses(ray.data.read_parquet(str(responses.path)), config, judge_model=judge_model)
-            result = _write(ds, out)
+            with judge_service(config, judge_models):
+                result = _write(judge_responses(ray.data.read_parquet(str(responses.path)), config), out)
             scored = ray.data.read_parquet(str(out))
             result.stats.update(mean_score=scored.mean("score"),
                                 flagged=scored.filter(expr="judge_flag != ''").count())
@@ -137,13 +156,19 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
 
         init = base if config.train.init == "base" or latest is None else latest
 
-        def write_sft(out: Path) -> StageOutput:
+        def write_sft(out: Path, seed: int) -> StageOutput:
             union = ray.data.read_parquet(selected_dirs).select_columns(["prompt", "response"])
-            metrics = fit(union, config, objective="sft", model=init, out_dir=out, seed=config.train.seed)
+            metrics = fit(union, config, objective="sft", model=init, out_dir=out, seed=seed)
             return StageOutput(rows=union.count(), stats={k: v for k, v in metrics.items() if k != "losses"})
 
-        sft = summary.add(store.run_stage(r, "sft", write_sft, {"selected": selected.manifest}), log)
+        sft_runs = [summary.add(store.run_stage(r, "sft" if k == 0 else f"sft_seed{k}",
+                                                functools.partial(write_sft, seed=config.train.seed + k),
+                                                {"selected": selected.manifest}), log)
+                    for k in range(config.train.round_one_seeds if r == 1 else 1)]
+        sft = sft_runs[0]
         latest = str(sft.path)
+        if r == 1:
+            round_one = [str(run.path) for run in sft_runs]
 
         def write_probe(out: Path) -> StageOutput:
             t0 = time.time()

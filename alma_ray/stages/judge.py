@@ -10,6 +10,7 @@ vLLM call (``logprob_token_ids``: exact log-probs of just those tokens, no top-k
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from ray.data import ActorPoolStrategy, Dataset
 
 from alma_ray.config import Config, EngineConfig
-from alma_ray.engine import actor_remote_args, build_llm, format_prompt, uses_chat_template
+from alma_ray.engine import build_llm, format_prompt, uses_chat_template
 
 JUDGE_TEMPLATE = """Please act as an impartial judge and evaluate the quality of the response provided by an \
 AI assistant to the user prompt displayed below. Your evaluation should consider factors such as the \
@@ -101,12 +102,17 @@ def judge_prompt_ids(tokenizer: Any, prompt: str, response: str, *, chat: bool) 
     return tokenizer.encode(text + RATING_PREFIX, add_special_tokens=not chat)  # type: ignore[no-any-return]
 
 
-class Judge:
-    """Ray Data actor holding a vLLM engine of the judge; adds scores and judge lineage to every row.
+FLAGS = ("empty_response", "not_text", "too_long")
+"""Why a row has no score: nothing to judge, a response that is not a string, or more tokens than the context."""
 
-    Output columns: ``judge``, ``judge_version``, ``score`` (real-valued, sum p(s) s), ``score_int`` (the most
-    likely rating), ``score_dist`` (p(0..10)), ``score_mass`` and ``judge_flag`` ("" when scored, else why not:
-    ``empty_response`` or ``too_long``; flagged rows keep NaN scores and are never selected).
+
+class Judge:
+    """A judge's vLLM engine and its scoring: the Serve replicas hold one each (``alma_ray.judge_service``).
+
+    ``score`` returns, per (prompt, response): ``score`` (real-valued, sum p(s) s), ``score_int`` (the most
+    likely rating), ``score_dist`` (p(0..10)), ``score_mass`` (the raw probability on valid ratings) and
+    ``judge_flag`` ("" when scored, else one of ``FLAGS``; flagged rows keep NaN scores and are never selected).
+    Called as a Ray Data actor it also adds ``judge`` and ``judge_version`` to the batch.
     """
 
     def __init__(self, model: str, *, name: str, version: str, chat: bool | None, max_response_chars: int,
@@ -121,25 +127,25 @@ class Judge:
     def prompt_ids(self, prompt: str, response: str) -> list[int]:
         return judge_prompt_ids(self.tokenizer, prompt, response, chat=self.chat)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _flag(self, prompt: Any, response: Any) -> tuple[str, list[int]]:
+        if not isinstance(response, str) or not isinstance(prompt, str):
+            return "not_text", []
+        if not response.strip():
+            return "empty_response", []
+        ids = self.prompt_ids(prompt, response[: self.max_chars])
+        return ("too_long", []) if len(ids) > self.max_prompt_tokens else ("", ids)
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, Any]:
         from vllm import SamplingParams, TokensPrompt
 
-        n = len(batch["prompt"])
-        flags = [""] * n
-        ids: list[list[int]] = [[] for _ in range(n)]
-        for i, (prompt, response) in enumerate(zip(batch["prompt"], batch["response"])):
-            if not str(response).strip():
-                flags[i] = "empty_response"
-                continue
-            ids[i] = self.prompt_ids(str(prompt), str(response)[: self.max_chars])
-            if len(ids[i]) > self.max_prompt_tokens:
-                flags[i] = "too_long"
+        n = len(prompts)
+        flags, ids = zip(*(self._flag(p, r) for p, r in zip(prompts, responses))) if n else ((), ())
         todo = [i for i in range(n) if not flags[i]]
         wanted = self.tokens.digits + ([self.tokens.ten] if self.tokens.ten is not None else [])
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted)
         requests = [TokensPrompt(prompt_token_ids=ids[i]) for i in todo]
         requests += [TokensPrompt(prompt_token_ids=ids[i] + [self.tokens.digits[1]]) for i in todo]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
 
         dists = np.full((n, 11), np.nan)
         mass = np.full(n, np.nan)
@@ -148,26 +154,23 @@ class Judge:
             after = {t: lp.logprob
                      for t, lp in outputs[len(todo) + k].outputs[0].logprobs[0].items()}  # type: ignore[index]
             dists[i], mass[i] = score_distribution(first, after, self.tokens)
-        out: dict[str, Any] = {key: column for key, column in batch.items()}
-        out["judge"] = np.array([self.name] * n)
-        out["judge_version"] = np.array([self.version] * n)
-        out["score"] = dists @ SCORES
-        out["score_int"] = np.where(np.isnan(dists[:, 0]), -1, np.nan_to_num(dists).argmax(axis=1))
-        out["score_dist"] = list(dists)
-        out["score_mass"] = mass
-        out["judge_flag"] = np.array(flags)
-        return out
+        return {"score": dists @ SCORES,
+                "score_int": np.where(np.isnan(dists[:, 0]), -1, np.nan_to_num(dists).argmax(axis=1)),
+                "score_dist": list(dists), "score_mass": mass, "judge_flag": np.array(flags, dtype=object)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["prompt"])
+        return {**batch, "judge": np.array([self.name] * n), "judge_version": np.array([self.version] * n),
+                **self.score(list(batch["prompt"]), list(batch["response"]))}
 
 
-def judge_responses(responses: Dataset, config: Config, *, judge_model: str) -> Dataset:
-    """Score every response with the judge pool (alma_ray.placement sizes it)."""
-    res, j = config.resources, config.judge
-    return responses.map_batches(
-        Judge,
-        fn_constructor_kwargs=dict(model=judge_model, name=j.model, version=j.version, chat=j.chat_template,
-                                   max_response_chars=j.max_response_chars, engine=config.engine,
-                                   use_gpu=res.use_gpu),
-        batch_size=config.engine.batch_size,
-        compute=ActorPoolStrategy(size=res.judge_engines),
-        **actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine),
-    )
+def judge_responses(responses: Dataset, config: Config) -> Dataset:
+    """Score every response by calling the running judge application (``alma_ray.judge_service``) from Ray Data.
+
+    Output columns as ``Judge.score``, plus ``judge``, ``judge_version`` and ``member_scores`` (each judge's own).
+    """
+    from alma_ray.judge_service import ServeScoring
+
+    res = config.resources
+    return responses.map_batches(ServeScoring, batch_size=config.judge.max_batch_size,
+                                 compute=ActorPoolStrategy(size=2 * res.judge_engines), num_cpus=0)

@@ -93,6 +93,36 @@ def tokenize_judge(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int
     return out
 
 
+class ReferenceLogprobs:
+    """Ray Data actor: DPO's frozen reference, run once over the tokenized pairs (``train.dpo_reference``).
+
+    Adds ``chosen_ref_logp`` and ``rejected_ref_logp``: summed response log-probs under the reference model, the
+    same ``sequence_logprobs`` the online path computes inside the training step.
+    """
+
+    def __init__(self, model: str, pad_id: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval().to(self.device)
+        self.pad_id = pad_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        from alma_ray.train.losses import sequence_logprobs
+
+        out: dict[str, Any] = dict(batch)
+        for side in ("chosen", "rejected"):
+            inputs = {k: v.to(self.device) for k, v in pad_batch(list(batch[f"{side}_input_ids"]),
+                                                                 list(batch[f"{side}_labels"]), self.pad_id).items()}
+            with torch.no_grad():
+                logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            out[f"{side}_ref_logp"] = sequence_logprobs(logits, inputs["labels"]).double().cpu().numpy()
+        return out
+
+
 def one_hot_ratings(scores: Iterable[int]) -> list[np.ndarray]:
     """Integer ratings 0..10 as judge training targets."""
     out = []

@@ -19,10 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from ray.data import Dataset
+from ray.data import ActorPoolStrategy, Dataset
 
 from alma_ray.config import Config, TrainConfig
-from alma_ray.train.data import micro_batches, pad_batch, tokenize_judge, tokenize_pairs, tokenize_sft
+from alma_ray.train.data import (
+    ReferenceLogprobs,
+    micro_batches,
+    pad_batch,
+    tokenize_judge,
+    tokenize_pairs,
+    tokenize_sft,
+)
 from alma_ray.train.losses import metrics_mean
 
 Objective = Literal["sft", "dpo", "reward", "judge"]
@@ -102,9 +109,14 @@ def _step(objective: str, engine: Any, reference: Any, batch: dict[str, Any], pa
         loss, metrics = bradley_terry_loss(values[:n], values[n:])
         return loss, metrics, tokens, cells
     logp = sequence_logprobs(engine(input_ids=inputs["input_ids"], attention_mask=mask).logits, inputs["labels"])
-    with torch.no_grad():
-        ref = sequence_logprobs(reference(input_ids=inputs["input_ids"], attention_mask=mask).logits,
-                                inputs["labels"])
+    if reference is None:  # precomputed by ReferenceLogprobs before training
+        ref = torch.as_tensor(np.concatenate([np.asarray(batch["chosen_ref_logp"], dtype=np.float64),
+                                              np.asarray(batch["rejected_ref_logp"], dtype=np.float64)]),
+                              device=logp.device, dtype=logp.dtype)
+    else:
+        with torch.no_grad():
+            ref = sequence_logprobs(reference(input_ids=inputs["input_ids"], attention_mask=mask).logits,
+                                    inputs["labels"])
     loss, metrics = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], beta=beta)
     return loss, metrics, tokens, cells
 
@@ -152,7 +164,7 @@ class Worker:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         model = _load_model(cfg["model"], objective, pad_id)
         reference = None
-        if objective == "dpo":  # frozen reference, computed on the fly (same device, no optimizer state)
+        if objective == "dpo" and train.dpo_reference == "online":  # frozen, on the same device, no optimizer
             reference = _load_model(cfg.get("reference") or cfg["model"], objective, pad_id)
             reference.eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -287,6 +299,19 @@ def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, 
     else:
         pair_kwargs = {**kwargs, "eos": objective == "dpo"}  # the reward head reads the last response token
         tokenized = examples.map_batches(tokenize_pairs, fn_kwargs=pair_kwargs, batch_size=256)  # type: ignore[arg-type]
+        if objective == "dpo" and train.dpo_reference == "precomputed":
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(model)
+            # A pass of its own before training, on the devices training will use next (materialized: the object
+            # store spills to disk), rather than streaming beside training and competing for them.
+            tokenized = tokenized.map_batches(
+                ReferenceLogprobs, batch_size=16, compute=ActorPoolStrategy(size=res.train_workers),
+                fn_constructor_kwargs=dict(model=reference or model,
+                                           pad_id=tok.pad_token_id if tok.pad_token_id is not None
+                                           else tok.eos_token_id),
+                num_gpus=1 if res.use_gpu else 0, num_cpus=0 if res.use_gpu else res.cpus_per_train_worker,
+            ).materialize()
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": model, "reference": reference, "objective": objective, "use_gpu": res.use_gpu,

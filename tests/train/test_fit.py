@@ -29,11 +29,12 @@ def _pairs() -> object:
 
 @pytest.mark.usefixtures("ray_local")
 def test_dpo_starts_at_log2_and_learns(tiny_model: str, tmp_path: Path) -> None:
+    """DPO with the reference log-probs precomputed in a Ray Data pass (the online mode is unit-tested)."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "round_001" / "dpo"
-    metrics = fit(_pairs(), _config(tiny_model, zero_stage=2), objective="dpo", model=tiny_model, out_dir=out,
-                  seed=0)
+    config = _config(tiny_model, zero_stage=2, dpo_reference="precomputed")
+    metrics = fit(_pairs(), config, objective="dpo", model=tiny_model, out_dir=out, seed=0)
     # Policy == reference at the first step: every margin is 0 and the loss is exactly log 2.
     assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
     assert metrics["losses"][-1] < metrics["losses"][0]

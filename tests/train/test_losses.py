@@ -135,3 +135,32 @@ def test_judge_targets_are_checked(tiny_model: str) -> None:
     assert out["rating_pos"][0] == len(out["input_ids"][0]) - 2  # the rating slot, then the "1"
     with pytest.raises(ValueError, match="max_seq_len"):
         tokenize_judge(batch, model=tiny_model, max_seq_len=16, chat=None, max_response_chars=100)
+
+
+def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str) -> None:
+    """The two ``train.dpo_reference`` modes: a reference model inside the step, or ``ReferenceLogprobs`` first."""
+    from transformers import AutoModelForCausalLM
+
+    from alma_ray.train.data import ReferenceLogprobs
+    from alma_ray.train.loop import _step
+
+    tok = _tokenizer(tiny_model)
+    batch = tokenize_pairs({"prompt": np.array(["Name a color.", "Say hi."]),
+                            "chosen": np.array(["blue is a color", "hi there"]), "rejected": np.array(["no", "x"])},
+                           model=tiny_model, max_seq_len=64, completion_template=TEMPLATE)
+    columns: dict[str, np.ndarray] = {}
+    for k, v in batch.items():
+        columns[k] = np.empty(len(v), dtype=object)
+        columns[k][:] = v
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():  # move the policy away from the reference so the margins are not all zero
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    online, m_online, *_ = _step("dpo", policy, reference, columns, tok.pad_token_id, 0.1)
+    precomputed = ReferenceLogprobs(tiny_model, tok.pad_token_id)(columns)
+    offline, m_offline, *_ = _step("dpo", policy, None, precomputed, tok.pad_token_id, 0.1)
+    assert float(online) == pytest.approx(float(offline), abs=1e-5)
+    assert m_online["reward_margin"] == pytest.approx(m_offline["reward_margin"], abs=1e-4)
+    assert float(online) != pytest.approx(math.log(2), abs=1e-3)

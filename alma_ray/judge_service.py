@@ -1,0 +1,178 @@
+"""The judge as a Ray Serve application: one deployment per judge of the ensemble, an ingress that aggregates.
+
+- ``JudgeReplica`` holds one vLLM engine (``alma_ray.stages.judge.Judge``). Its ``score`` takes a list of
+  pairs; ``@serve.batch`` merges concurrent calls into one vLLM call of up to ``judge.max_batch_size`` pairs,
+  and runs one batch at a time in a worker thread: the sync engine is never entered twice, and the replica's
+  event loop stays free for health checks and new requests.
+- ``JudgeEnsemble`` is the ingress. ``score(pairs)`` (the handle path, used by the pipeline from Ray Data)
+  fans each chunk out to every judge and returns, per pair, the weighted mean score over the judges that
+  scored it, with each judge's own result. ``POST /`` on ``judge.http_host:http_port`` takes
+  ``{"prompt": ..., "response": ...}`` or a list of them, for people and other tools.
+
+Replica count (``resources.judge_engines`` per judge) and each replica's resources come from the config, the
+same way the Ray Data engine pools are sized (``alma_ray.placement``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from alma_ray.config import Config
+from alma_ray.engine import actor_remote_args
+
+APP = "alma-judge"
+ROUTE = "/judge"
+
+
+def _pairs_in(calls: list[list[dict[str, Any]]]) -> int:
+    return sum(len(c) for c in calls)
+
+
+@serve.deployment
+class JudgeReplica:
+    """One judge's vLLM engine behind Serve's batching."""
+
+    def __init__(self, model: str, *, name: str, version: str, chat: bool | None, max_response_chars: int,
+                 engine: dict[str, Any], use_gpu: bool, max_batch_size: int) -> None:
+        from alma_ray.config import EngineConfig
+        from alma_ray.stages.judge import Judge
+
+        self.judge = Judge(model, name=name, version=version, chat=chat, max_response_chars=max_response_chars,
+                           engine=EngineConfig(**engine), use_gpu=use_gpu)
+        self.score.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+
+    def _score(self, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = self.judge.score([p.get("prompt") for p in pairs], [p.get("response") for p in pairs])
+        return [{"score": float(out["score"][i]), "score_int": int(out["score_int"][i]),
+                 "score_dist": [float(x) for x in out["score_dist"][i]], "score_mass": float(out["score_mass"][i]),
+                 "judge_flag": str(out["judge_flag"][i])} for i in range(len(pairs))]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, max_concurrent_batches=1, batch_size_fn=_pairs_in)
+    async def score(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        flat = [pair for call in calls for pair in call]
+        scored = await asyncio.to_thread(self._score, flat)
+        out, at = [], 0
+        for call in calls:
+            out.append(scored[at : at + len(call)])
+            at += len(call)
+        return out
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class JudgeEnsemble:
+    """Ingress: splits work into chunks a replica batch can hold, asks every judge, aggregates by weight."""
+
+    def __init__(self, judges: dict[str, DeploymentHandle], weights: dict[str, float], *, name: str, version: str,
+                 chunk: int) -> None:
+        self.judges, self.weights, self.name, self.version, self.chunk = judges, weights, name, version, chunk
+
+    async def score(self, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        chunks = [pairs[i : i + self.chunk] for i in range(0, len(pairs), self.chunk)]
+        calls = {name: [h.score.remote(c) for c in chunks] for name, h in self.judges.items()}
+        per_judge = {name: [row for call in await asyncio.gather(*refs) for row in call]
+                     for name, refs in calls.items()}
+        return [self._aggregate({name: rows[i] for name, rows in per_judge.items()}) for i in range(len(pairs))]
+
+    def _aggregate(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        scored = {n: r for n, r in results.items() if not r["judge_flag"]}
+        row: dict[str, Any] = {"judge": self.name, "judge_version": self.version,
+                               "member_scores": {n: r["score"] for n, r in results.items()}}
+        if not scored:  # every judge flagged it: report the first judge's reason
+            first = next(iter(results.values()))
+            return {**row, "score": float("nan"), "score_int": -1, "score_dist": [float("nan")] * 11,
+                    "score_mass": float("nan"), "judge_flag": first["judge_flag"]}
+        w = np.array([self.weights[n] for n in scored])
+        dist = np.average(np.array([r["score_dist"] for r in scored.values()]), axis=0, weights=w)
+        return {**row, "score": float(np.average([r["score"] for r in scored.values()], weights=w)),
+                "score_int": int(dist.argmax()), "score_dist": dist.tolist(),
+                "score_mass": float(np.average([r["score_mass"] for r in scored.values()], weights=w)),
+                "judge_flag": ""}
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body must be JSON: {\"prompt\": ..., \"response\": ...} or a list"},
+                                status_code=400)
+        single = isinstance(body, dict)
+        pairs = [body] if single else body
+        if not isinstance(pairs, list) or not all(isinstance(p, dict) and "prompt" in p and "response" in p
+                                                  for p in pairs):
+            return JSONResponse({"error": "each item needs 'prompt' and 'response'"}, status_code=400)
+        rows = _json_safe(await self.score(pairs))
+        return JSONResponse(rows[0] if single else rows)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an unscored row) as JSON null, all the way down."""
+    if isinstance(value, float):
+        return None if np.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def ensemble_name(config: Config) -> str:
+    """The ``judge`` lineage value: the model for one judge, else every judge's name, model and weight."""
+    members = config.judge.members
+    if len(members) == 1:
+        return members[0].model
+    return "ensemble(" + ",".join(f"{m.name}={m.model}*{m.weight:g}" for m in members) + ")"
+
+
+def build_app(config: Config, models: dict[str, str]) -> Any:
+    """The Serve application; ``models`` maps each judge's name to its resolved model folder."""
+    j, res = config.judge, config.resources
+    options = actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine)
+    judges = {}
+    for m in j.members:
+        replica = JudgeReplica.options(  # type: ignore[attr-defined]
+            name=f"judge-{m.name}", num_replicas=res.judge_engines, ray_actor_options=options,
+            max_ongoing_requests=4 * max(1, j.max_batch_size))
+        judges[m.name] = replica.bind(models[m.name], name=m.name, version=j.version, chat=m.chat_template,
+                                      max_response_chars=j.max_response_chars,
+                                      engine=config.engine.model_dump(), use_gpu=res.use_gpu,
+                                      max_batch_size=j.max_batch_size)
+    return JudgeEnsemble.options(max_ongoing_requests=1024).bind(  # type: ignore[attr-defined]
+        judges, {m.name: m.weight for m in j.members}, name=ensemble_name(config), version=j.version,
+        chunk=j.max_batch_size)
+
+
+@contextlib.contextmanager
+def judge_service(config: Config, models: dict[str, str]) -> Iterator[DeploymentHandle]:
+    """Start the judge application (HTTP on ``judge.http_host:http_port``), yield its handle, then delete it."""
+    serve.start(http_options={"host": config.judge.http_host, "port": config.judge.http_port})
+    handle = serve.run(build_app(config, models), name=APP, route_prefix=ROUTE)
+    try:
+        yield handle
+    finally:
+        serve.delete(APP)
+
+
+class ServeScoring:
+    """Ray Data actor: scores a batch of responses through the judge application's handle (the pipeline path)."""
+
+    def __init__(self) -> None:
+        self.handle = serve.get_app_handle(APP)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        pairs = [{"prompt": p, "response": r} for p, r in zip(batch["prompt"], batch["response"])]
+        rows = self.handle.score.remote(pairs).result()
+        out: dict[str, Any] = dict(batch)
+        for key in ("judge", "judge_version", "score", "score_int", "score_mass", "judge_flag"):
+            out[key] = np.array([r[key] for r in rows])
+        out["score_dist"] = [np.array(r["score_dist"]) for r in rows]
+        out["member_scores"] = [r["member_scores"] for r in rows]
+        return out
+

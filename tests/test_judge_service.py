@@ -1,0 +1,86 @@
+"""The judge on Ray Serve, for real: two judges (vLLM replicas) behind the ensemble ingress, scored through the
+handle, from Ray Data and over HTTP on 127.0.0.1, under 64 concurrent requests and bad input; then shut down."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from alma_ray.config import Config
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str) -> None:
+    import ray.data
+    from ray import serve
+
+    from alma_ray.judge_service import APP, ROUTE, judge_service
+    from alma_ray.stages.judge import judge_responses
+
+    port = _free_port()
+    config = Config.model_validate(dict(
+        base_model=tiny_model, generation={"checkpoints": [{"name": "a", "model": tiny_model}]},
+        judge={"model": tiny_model, "version": "t1", "max_response_chars": 100_000, "max_batch_size": 16,
+               "http_port": port, "ensemble": [{"name": "plain", "model": tiny_model, "weight": 3,
+                                                "chat_template": False}]},
+        engine={"max_model_len": 1024, "dtype": "float32"}))
+    pairs = [{"prompt": f"tell me about {w}", "response": f"{w} is a word"} for w in ["rain", "sea", "moon"]]
+    bad = [{"prompt": "hi", "response": ""}, {"prompt": "hi", "response": "rain " * 5000},
+           {"prompt": "hi", "response": None}, {"prompt": "hi", "response": 7}]
+    with judge_service(config, {"main": tiny_model, "plain": tiny_model}) as handle:
+        rows = handle.score.remote(pairs + bad).result()
+        for r in rows[:3]:
+            assert r["judge_flag"] == "" and 0 <= r["score"] <= 10
+            main, plain = r["member_scores"]["main"], r["member_scores"]["plain"]
+            assert main != pytest.approx(plain)  # the two judges read different prompts
+            assert r["score"] == pytest.approx((main + 3 * plain) / 4)
+            assert r["judge_version"] == "t1" and r["judge"].startswith("ensemble(main=")
+        assert [r["judge_flag"] for r in rows[3:]] == ["empty_response", "too_long", "not_text", "not_text"]
+        assert all(math.isnan(r["score"]) for r in rows[3:])
+
+        # The pipeline path: Ray Data calls the handle; every row comes back, with lineage.
+        scored = judge_responses(ray.data.from_items(pairs * 8), config).take_all()
+        assert len(scored) == 24 and {row["score"] for row in scored} == {r["score"] for r in rows[:3]}
+
+        # HTTP: one pair, a list, bad JSON, and 64 concurrent requests with no error.
+        url = f"http://127.0.0.1:{port}{ROUTE}"
+        status, one = _post(url, pairs[0])
+        assert status == 200 and one["score"] == pytest.approx(rows[0]["score"], abs=1e-6)
+        status, many = _post(url, [pairs[1], bad[0]])
+        assert status == 200 and many[1]["judge_flag"] == "empty_response" and many[1]["score"] is None
+        assert _post(url, b"not json")[0] == 400
+        assert _post(url, [{"prompt": "x"}])[0] == 400
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(lambda i: _post(url, pairs[i % 3]), range(64)))
+        assert all(status == 200 for status, _ in answers)
+        np.testing.assert_allclose([a["score"] for _, a in answers], [rows[i % 3]["score"] for i in range(64)],
+                                   atol=1e-6)
+        status = serve.status().applications[APP]
+        assert status.status == "RUNNING"
+        assert all(d.status == "HEALTHY" for d in status.deployments.values())
+    assert APP not in serve.status().applications  # shut down cleanly

@@ -98,6 +98,23 @@ class JudgeMember(_Section):
     chat_template: bool | None = None
 
 
+class JudgeBuildConfig(_Section):
+    """Build the judge before round 1 (ALMA): fine-tune ``judge.model`` on annotations, self-distill, evaluate."""
+
+    annotations: str = "embedded:mt-bench-synthetic"
+    """(prompt, response, score 0..10) rows: a JSONL/parquet file, or the synthetic demo set (alma_ray.annotations)."""
+    heldout: float = Field(default=0.25, gt=0, lt=1)
+    """Share of the annotations' questions held out as preference pairs for the accuracy table."""
+    epochs: int = Field(default=2, ge=1)
+    lr: float = Field(default=1e-5, gt=0)
+    distill_pairs: int = Field(default=64, ge=0)
+    """M synthetic (prompt, response) pairs (seed prompts, base-model responses) the fine-tuned judge scores and
+    then trains on (ALMA: 20k); 0 skips self-distillation."""
+    distill_target: Literal["distribution", "rounded"] = "distribution"
+    """Self-distillation targets: the judge's full 11-way distribution (soft labels) or its expected score
+    rounded to an integer (one-hot)."""
+
+
 class JudgeConfig(_Section):
     """LLM-as-judge giving a real-valued 0-10 score from the score-token probabilities."""
 
@@ -106,6 +123,8 @@ class JudgeConfig(_Section):
     """Bump when the judge's weights or prompt change meaningfully; recorded on every scored row."""
     chat_template: bool | None = None
     max_response_chars: int = Field(default=4000, gt=0)
+    name: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The name of ``model`` in the ensemble (``member_scores``)."""
     weight: float = Field(default=1.0, gt=0)
     """This judge's weight in the ensemble's mean."""
     ensemble: list[JudgeMember] = []
@@ -114,18 +133,20 @@ class JudgeConfig(_Section):
     """Pairs a Serve replica scores in one vLLM call (requests are batched together up to this)."""
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    build: JudgeBuildConfig | None = None
+    """Set to fine-tune the judge from ``model`` before round 1 (stages in round_000); unset: use ``model`` as is."""
 
     @property
     def members(self) -> list[JudgeMember]:
-        """Every judge of the ensemble, ``model`` first (named "main")."""
-        main = JudgeMember(name="main", model=self.model, weight=self.weight, chat_template=self.chat_template)
+        """Every judge of the ensemble, ``model`` first (named ``name``)."""
+        main = JudgeMember(name=self.name, model=self.model, weight=self.weight, chat_template=self.chat_template)
         return [main, *self.ensemble]
 
     @model_validator(mode="after")
     def _unique_names(self) -> JudgeConfig:
         names = [m.name for m in self.members]
         if len(set(names)) != len(names):
-            raise ValueError(f"judge names must be unique (the main judge is 'main'): {names}")
+            raise ValueError(f"judge names must be unique (judge.name names judge.model): {names}")
         return self
 
 

@@ -83,7 +83,8 @@ class JudgeEnsemble:
     def _aggregate(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         scored = {n: r for n, r in results.items() if not r["judge_flag"]}
         row: dict[str, Any] = {"judge": self.name, "judge_version": self.version,
-                               "member_scores": {n: r["score"] for n, r in results.items()}}
+                               "member_scores": {n: r["score"] for n, r in results.items()},
+                               "member_score_ints": {n: r["score_int"] for n, r in results.items()}}
         if not scored:  # every judge flagged it: report the first judge's reason
             first = next(iter(results.values()))
             return {**row, "score": float("nan"), "score_int": -1, "score_dist": [float("nan")] * 11,
@@ -174,5 +175,6 @@ class ServeScoring:
             out[key] = np.array([r[key] for r in rows])
         out["score_dist"] = [np.array(r["score_dist"]) for r in rows]
         out["member_scores"] = [r["member_scores"] for r in rows]
+        out["member_score_ints"] = [r["member_score_ints"] for r in rows]
         return out
 

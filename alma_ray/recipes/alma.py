@@ -20,6 +20,7 @@ from alma_ray.judge_service import judge_service
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import plan_resources
 from alma_ray.progress import StageProgress
+from alma_ray.recipes.judge import accuracy_table, build_judge
 from alma_ray.seeds import load_seeds, prompt_id
 from alma_ray.stages.generate import generate_responses, generation_stats, sample_pool
 from alma_ray.stages.judge import judge_responses
@@ -104,6 +105,12 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
     heldout, pool = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
     log(f"seeds: {len(seeds.prompts)} prompts ({len(pool)} few-shot pool, {len(heldout)} held out), "
         f"{seeds.skipped_bad_lines} bad lines skipped")
+
+    if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
+        built, table = build_judge(config, store, base=base, judge_start=judge_models[config.judge.name],
+                                   seed_prompts=pool, add=lambda result: summary.add(result, log))
+        judge_models[config.judge.name] = built
+        log("judge accuracy on held-out preference pairs:\n" + accuracy_table(table))
 
     selected_dirs: list[str] = []
     latest: str | None = None

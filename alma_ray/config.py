@@ -166,6 +166,8 @@ class TrainConfig(_Section):
     grad_accum: int = Field(default=1, ge=1)
     max_seq_len: int = Field(default=512, ge=16)
     zero_stage: int = Field(default=2, ge=0, le=3)
+    offload: bool = False
+    """ZeRO-Offload (GPU runs): optimizer state in CPU memory, and parameters too at ZeRO-3."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: fp32 on CPU, bf16 on GPU."""
     bucket_window: int = Field(default=16, ge=1)
@@ -214,7 +216,8 @@ class Config(_Section):
     name: str = Field(default="alma", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
     seed: int = 0
-    rounds: int = Field(default=1, ge=1)
+    rounds: int = Field(default=1, ge=0)
+    """ALMA rounds to run; 0 runs only the round-0 stages (building the judge, when judge.build is set)."""
     prompts_per_round: int = Field(default=16, ge=1)
     base_model: str
     """The pretrained model: it synthesizes prompts and is what SFT starts from."""

@@ -40,13 +40,25 @@ COLUMNS: dict[str, list[str]] = {"sft": ["prompt", "response"], "dpo": ["prompt"
                                  "judge": ["prompt", "response", "target"]}
 
 
+def _offload(train: TrainConfig) -> dict[str, Any]:
+    """ZeRO-Offload: optimizer state (ZeRO 1-3) and, at ZeRO-3, parameters kept in CPU memory."""
+    if not train.offload:
+        return {}
+    if train.zero_stage == 0:
+        raise ValueError("train.offload needs train.zero_stage >= 1 (ZeRO-0 keeps everything on the device)")
+    out: dict[str, Any] = {"offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    if train.zero_stage == 3:
+        out["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return out
+
+
 def deepspeed_config(train: TrainConfig, *, use_gpu: bool) -> dict[str, Any]:
     bf16 = train.precision == "bf16" or (train.precision == "auto" and use_gpu)
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": train.zero_stage},
+        "zero_optimization": {"stage": train.zero_stage, **_offload(train)},
         "bf16": {"enabled": bf16},
         "zero_force_ds_cpu_optimizer": False,  # we pass torch's AdamW: no JIT-compiled DeepSpeed optimizer
         "steps_per_print": 10**9,
@@ -200,6 +212,24 @@ class Worker:
         return {"loss": self.losses[-1], "step": self.step,
                 **metrics_mean(self.history[-self.train.report_every:])}
 
+    def evaluate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Loss and the objective's metrics over held-out micro-batches, without updating the model."""
+        import torch
+
+        losses, history = [], []
+        self.engine.eval()
+        with torch.no_grad():
+            for batch in batches:
+                loss, metrics, *_ = _step(self.objective, self.engine, self.reference, batch, self.pad_id,
+                                          self.train.dpo_beta, self.score_tokens)
+                losses.append(float(loss))
+                history.append(metrics)
+        self.engine.train()
+        if not losses:
+            return {}
+        return {"heldout_loss": sum(losses) / len(losses), "heldout_batches": len(losses),
+                **{f"heldout_{k}": v for k, v in metrics_mean(history).items()}}
+
     def summary(self) -> dict[str, Any]:
         """Loss curve, tokens/s (whole run and steady state: after the first quarter of steps) and final metrics."""
         elapsed = self.step_ends[-1][0] - self.first_step_at if self.step_ends else 0.0
@@ -263,6 +293,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
             elif worker.step % train.report_every == 0:
                 ray.train.report(report)
     summary = worker.summary()
+    if cfg.get("heldout"):
+        heldout = ray.train.get_dataset_shard("heldout")
+        summary.update(worker.evaluate(heldout.iter_batches(batch_size=train.micro_batch, batch_format="numpy")))
     state = worker.consolidated_state()
     if rank == 0:
         with tempfile.TemporaryDirectory() as out:
@@ -273,49 +306,61 @@ def train_loop(cfg: dict[str, Any]) -> None:
         ray.train.report({k: v for k, v in summary.items() if k != "losses"})
 
 
+def _tokenize(examples: Dataset, config: Config, train: TrainConfig, *, objective: str, model: str,
+              reference: str | None) -> Dataset:
+    """The rows each worker trains on (or evaluates), tokenized by Ray Data; DPO's reference log-probs added."""
+    missing = [c for c in COLUMNS[objective] if c not in examples.columns()]
+    if missing:
+        raise ValueError(f"{objective} training needs columns {COLUMNS[objective]}; missing {missing}")
+    res = config.resources
+    kwargs = dict(model=model, max_seq_len=train.max_seq_len, completion_template=config.generation.completion_template)
+    if objective == "sft":
+        return examples.map_batches(tokenize_sft, fn_kwargs=kwargs, batch_size=256)  # type: ignore[arg-type]
+    if objective == "judge":
+        judge_kwargs = dict(model=model, max_seq_len=train.max_seq_len, chat=config.judge.chat_template,
+                            max_response_chars=config.judge.max_response_chars)
+        return examples.map_batches(tokenize_judge, fn_kwargs=judge_kwargs, batch_size=256)  # type: ignore[arg-type]
+    pair_kwargs = {**kwargs, "eos": objective == "dpo"}  # the reward head reads the last response token
+    tokenized = examples.map_batches(tokenize_pairs, fn_kwargs=pair_kwargs, batch_size=256)  # type: ignore[arg-type]
+    if objective == "dpo" and train.dpo_reference == "precomputed":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model)
+        # A pass of its own before training, on the devices training will use next (materialized: the object
+        # store spills to disk), rather than streaming beside training and competing for them.
+        tokenized = tokenized.map_batches(
+            ReferenceLogprobs, batch_size=16, compute=ActorPoolStrategy(size=res.train_workers),
+            fn_constructor_kwargs=dict(model=reference or model,
+                                       pad_id=tok.pad_token_id if tok.pad_token_id is not None
+                                       else tok.eos_token_id),
+            num_gpus=1 if res.use_gpu else 0, num_cpus=0 if res.use_gpu else res.cpus_per_train_worker,
+        ).materialize()
+    return tokenized
+
+
 def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, out_dir: Path, seed: int,
-        reference: str | None = None) -> dict[str, Any]:
+        reference: str | None = None, heldout: Dataset | None = None) -> dict[str, Any]:
     """Train ``model`` with ``objective`` on ``examples`` and write the result as an HF folder in ``out_dir``.
 
     Columns: ``prompt, response`` for ``sft``; ``prompt, chosen, rejected`` for ``dpo`` and ``reward``;
     ``prompt, response, target`` for ``judge`` (target: 11 probabilities over the ratings 0..10). DPO's
-    frozen reference is ``reference`` (default: ``model``, the usual choice). Returns the metrics written to
-    ``out_dir/train_metrics.json`` (loss curve, tokens/s and the objective's own figures).
+    frozen reference is ``reference`` (default: ``model``, the usual choice). ``heldout`` rows (same columns)
+    are evaluated after training: ``heldout_loss`` and the objective's figures, e.g. ``heldout_pair_accuracy``
+    for the reward model. Returns the metrics written to ``out_dir/train_metrics.json`` (loss curve, tokens/s
+    and the objective's own figures).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    missing = [c for c in COLUMNS[objective] if c not in examples.columns()]
-    if missing:
-        raise ValueError(f"{objective} training needs columns {COLUMNS[objective]}; missing {missing}")
     res, train = config.resources, config.train.model_copy(update={"seed": seed})
-    kwargs = dict(model=model, max_seq_len=train.max_seq_len, completion_template=config.generation.completion_template)
-    if objective == "sft":
-        tokenized = examples.map_batches(tokenize_sft, fn_kwargs=kwargs, batch_size=256)  # type: ignore[arg-type]
-    elif objective == "judge":
-        judge_kwargs = dict(model=model, max_seq_len=train.max_seq_len, chat=config.judge.chat_template,
-                            max_response_chars=config.judge.max_response_chars)
-        tokenized = examples.map_batches(tokenize_judge, fn_kwargs=judge_kwargs, batch_size=256)  # type: ignore[arg-type]
-    else:
-        pair_kwargs = {**kwargs, "eos": objective == "dpo"}  # the reward head reads the last response token
-        tokenized = examples.map_batches(tokenize_pairs, fn_kwargs=pair_kwargs, batch_size=256)  # type: ignore[arg-type]
-        if objective == "dpo" and train.dpo_reference == "precomputed":
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(model)
-            # A pass of its own before training, on the devices training will use next (materialized: the object
-            # store spills to disk), rather than streaming beside training and competing for them.
-            tokenized = tokenized.map_batches(
-                ReferenceLogprobs, batch_size=16, compute=ActorPoolStrategy(size=res.train_workers),
-                fn_constructor_kwargs=dict(model=reference or model,
-                                           pad_id=tok.pad_token_id if tok.pad_token_id is not None
-                                           else tok.eos_token_id),
-                num_gpus=1 if res.use_gpu else 0, num_cpus=0 if res.use_gpu else res.cpus_per_train_worker,
-            ).materialize()
+    datasets: dict[str, Any] = {}
+    for name, rows in (("train", examples), ("heldout", heldout)):
+        if rows is not None:  # every rank reads all of heldout: under ZeRO-3 a forward pass needs every rank
+            datasets[name] = _tokenize(rows, config, train, objective=objective, model=model, reference=reference)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": model, "reference": reference, "objective": objective, "use_gpu": res.use_gpu,
-                           "train": train.model_dump()},
+                           "train": train.model_dump(), "heldout": heldout is not None},
         scaling_config=ScalingConfig(num_workers=res.train_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=None if res.use_gpu
                                      else {"CPU": res.cpus_per_train_worker}),
@@ -324,7 +369,8 @@ def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, 
                              storage_path=str(out_dir.parent.parent.resolve() / "ray_train"),
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": tokenized},
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.checkpoint is None:

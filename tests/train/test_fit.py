@@ -48,9 +48,15 @@ def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "round_001" / "reward"
+    import ray.data
+
+    heldout = ray.data.from_items([{"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}",
+                                    "rejected": "no"} for t in ["snow", "a forest", "the wind", "a bridge"]])
     metrics = fit(_pairs(), _config(tiny_model, zero_stage=3), objective="reward", model=tiny_model, out_dir=out,
-                  seed=0)
+                  seed=0, heldout=heldout)
     assert metrics["losses"][-1] < metrics["losses"][0]
+    # Held-out pairs, evaluated by every rank after training (ZeRO-3: the forward pass needs them all).
+    assert metrics["heldout_batches"] == 2 and metrics["heldout_pair_accuracy"] == 1.0
     from alma_ray.train.data import encode_example
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()

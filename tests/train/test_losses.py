@@ -164,3 +164,16 @@ def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str
     assert float(online) == pytest.approx(float(offline), abs=1e-5)
     assert m_online["reward_margin"] == pytest.approx(m_offline["reward_margin"], abs=1e-4)
     assert float(online) != pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_deepspeed_config_comes_from_the_train_section() -> None:
+    from alma_ray.config import TrainConfig
+    from alma_ray.train.loop import deepspeed_config
+
+    cpu = deepspeed_config(TrainConfig(zero_stage=2, micro_batch=3, grad_accum=4), use_gpu=False)
+    assert cpu["zero_optimization"] == {"stage": 2} and not cpu["bf16"]["enabled"]
+    assert (cpu["train_micro_batch_size_per_gpu"], cpu["gradient_accumulation_steps"]) == (3, 4)
+    gpu = deepspeed_config(TrainConfig(zero_stage=3, offload=True), use_gpu=True)
+    assert gpu["bf16"]["enabled"] and gpu["zero_optimization"]["offload_param"]["device"] == "cpu"
+    with pytest.raises(ValueError, match="zero_stage >= 1"):
+        deepspeed_config(TrainConfig(zero_stage=0, offload=True), use_gpu=True)

@@ -15,6 +15,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+LATEST = "latest"
+"""A generation checkpoint whose model is ``latest`` samples the previous round's SFT model (absent in round 1)."""
+ROUND_ONE = "round_one:"
+"""A generation checkpoint whose model is ``round_one:<k>`` samples round 1's k-th SFT model (seed train.seed + k),
+ALMA's M1a (k=0) and M1b (k=1); absent in round 1."""
+
+
+def names_run_model(model: str) -> bool:
+    """True when a checkpoint's ``model`` names a model this run trains (``latest``, ``round_one:<k>``)."""
+    return model == LATEST or model.startswith(ROUND_ONE)
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message says which file/key and what to change."""
@@ -232,9 +243,9 @@ class Config(_Section):
     def _round_one_models_exist(self) -> Config:
         last = self.train.round_one_seeds - 1
         for c in self.generation.checkpoints:
-            if c.model.startswith("round_one:") and c.model not in {f"round_one:{k}" for k in range(last + 1)}:
+            if c.model.startswith(ROUND_ONE) and c.model not in {f"{ROUND_ONE}{k}" for k in range(last + 1)}:
                 raise ValueError(f"checkpoint {c.name}: model {c.model!r} names no round-one model; use "
-                                 f"round_one:0 .. round_one:{last} (train.round_one_seeds)")
+                                 f"{ROUND_ONE}0 .. {ROUND_ONE}{last} (train.round_one_seeds)")
         return self
 
     @property

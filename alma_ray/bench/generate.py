@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from alma_ray.bench import run_bare_arm
 from alma_ray.config import Config
 from alma_ray.stages.generate import stable_seed
 
@@ -193,14 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(bare(args)))
         return 0
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    child = [sys.executable, "-m", "alma_ray.bench.generate", "--arm", "bare", "--model", args.model,
-             "--prompts", str(args.prompts), "--n", str(args.n), "--max-tokens", str(args.max_tokens),
-             "--batch-size", str(args.batch_size), "--threads", str(args.threads), *(["--gpu"] if args.gpu else [])]
     print(f"bare vLLM: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, {args.threads} threads",
           file=sys.stderr)
-    b = json.loads(subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout
-                   .strip().splitlines()[-1])
+    b = run_bare_arm("alma_ray.bench.generate", [
+        "--model", args.model, "--prompts", str(args.prompts), "--n", str(args.n), "--max-tokens",
+        str(args.max_tokens), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+        *(["--gpu"] if args.gpu else [])], threads=args.threads)
     b["tok_s"] = b["tokens"] / b["generate_s"]
     print(f"  {b['tokens']} tokens, {b['tok_s']:.0f} tok/s (start-up {b['startup_s']:.1f} s)", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="alma-bench-") as tmp:

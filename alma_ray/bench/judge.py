@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from alma_ray.bench import run_bare_arm
 from alma_ray.config import Config
 
 
@@ -128,13 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.arm == "bare":
         print(json.dumps(bare(args)))
         return 0
-    child = [sys.executable, "-m", "alma_ray.bench.judge", "--arm", "bare", "--model", args.model,
-             "--pairs", str(args.pairs), "--batch", str(args.batch), "--threads", str(args.threads),
-             *(["--gpu"] if args.gpu else [])]
     print(f"bare vLLM judge: {args.pairs} pairs in chunks of {args.batch}", file=sys.stderr)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    b = json.loads(subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout
-                   .strip().splitlines()[-1])
+    b = run_bare_arm("alma_ray.bench.judge", [
+        "--model", args.model, "--pairs", str(args.pairs), "--batch", str(args.batch), "--threads",
+        str(args.threads), *(["--gpu"] if args.gpu else [])], threads=args.threads)
     bare_rate = args.pairs / b["score_s"]
     print(f"  {bare_rate:.1f} pairs/s (start-up {b['startup_s']:.1f} s)", file=sys.stderr)
     print("Ray Serve judge app, 1 replica:", file=sys.stderr)

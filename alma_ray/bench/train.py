@@ -60,34 +60,25 @@ def _rows(n: int, loss: str, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def _loop_config(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    config = _config(model, args)
-    return {"model": model, "reference": None, "objective": args.loss, "use_gpu": args.gpu,
-            "train": config.train.model_dump()}
-
-
 def bare_worker(args: argparse.Namespace) -> None:
     """One torchrun rank: the loop of ``train_loop`` over a static slice of the rows, no Ray anywhere."""
     import torch.distributed as dist
 
-    from alma_ray.train.data import tokenize_pairs, tokenize_sft
-    from alma_ray.train.loop import Worker
+    from alma_ray.train.data import as_columns, tokenize_pairs, tokenize_sft, windows
+    from alma_ray.train.loop import Worker, loop_config
 
-    worker = Worker.start(_loop_config(args.model, args))
+    worker = Worker.start(loop_config(_config(args.model, args).train, objective=args.loss, model=args.model,
+                                      reference=None, use_gpu=args.gpu))
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = _rows(args.rows, args.loss)[rank::world]
     columns = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     kwargs: dict[str, Any] = dict(model=args.model, max_seq_len=args.max_seq_len,
                                   completion_template=_config(args.model, args).generation.completion_template)
     tokenized = tokenize_sft(columns, **kwargs) if args.loss == "sft" else tokenize_pairs(columns, **kwargs)
-    data = {}
-    for k, v in tokenized.items():
-        data[k] = np.empty(len(v), dtype=object)
-        data[k][:] = v
-    size = worker.train.micro_batch * worker.train.bucket_window
+    data = as_columns(tokenized)
     for epoch in range(worker.train.epochs):
-        windows = ({k: v[i : i + size] for k, v in data.items()} for i in range(0, len(rows), size))
-        for batch in worker.micro_batches(windows, epoch):
+        for batch in worker.micro_batches(windows(data, worker.train.micro_batch * worker.train.bucket_window),
+                                          epoch):
             worker.step += 1
             worker.run_step(batch)
     if rank == 0:

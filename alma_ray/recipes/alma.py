@@ -15,7 +15,7 @@ from typing import Any
 
 import ray.data
 
-from alma_ray.config import Config
+from alma_ray.config import LATEST, ROUND_ONE, Config, names_run_model
 from alma_ray.judge_service import judge_service
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import plan_resources
@@ -28,12 +28,6 @@ from alma_ray.stages.select import select_best
 from alma_ray.stages.synthesize import heldout_and_pool, synthesize_prompts
 from alma_ray.store import RunStore, StageOutput, StageResult, parquet_rows
 from alma_ray.train.loop import fit
-
-LATEST = "latest"
-"""A checkpoint whose model is ``latest`` samples from the previous round's SFT model (absent in round 1)."""
-ROUND_ONE = "round_one:"
-"""A checkpoint whose model is ``round_one:<k>`` samples from round 1's k-th SFT model (seed train.seed + k),
-ALMA's M1a (k=0) and M1b (k=1); absent in round 1."""
 
 
 def _round_model(model: str, *, latest: str | None, round_one: list[str]) -> str | None:
@@ -98,8 +92,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
     summary = RunSummary(store.run_dir)
     base = resolve_model(config.base_model)
     judge_models = {m.name: resolve_model(m.model) for m in config.judge.members}
-    fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
-             if c.model != LATEST and not c.model.startswith(ROUND_ONE)}
+    fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints if not names_run_model(c.model)}
     seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
                        max_chars=config.synthesis.max_seed_chars)
     heldout, pool = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)

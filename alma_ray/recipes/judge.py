@@ -32,12 +32,12 @@ from alma_ray.annotations import (
     preference_pairs,
     split_by_question,
 )
-from alma_ray.config import Config, JudgeBuildConfig
+from alma_ray.config import Checkpoint, Config, JudgeBuildConfig
 from alma_ray.judge_service import judge_service
 from alma_ray.seeds import prompt_id
 from alma_ray.stages.generate import sample_pool
 from alma_ray.stages.judge import judge_responses
-from alma_ray.store import RunStore, StageOutput, StageResult
+from alma_ray.store import RunStore, StageOutput, StageResult, parquet_rows
 from alma_ray.train.data import one_hot_ratings
 from alma_ray.train.loop import fit
 
@@ -109,13 +109,11 @@ def build_judge(config: Config, store: RunStore, *, base: str, judge_start: str,
             chosen = [seed_prompts[i % len(seed_prompts)] for i in range(build.distill_pairs)]
             prompts = ray.data.from_items([{"round": ROUND, "prompt_id": prompt_id(p) + f"-{i}", "prompt": p}
                                            for i, p in enumerate(chosen)])
-            ds = sample_pool(prompts, model=base, checkpoint="base", n=1,
-                             sampling=dict(temperature=config.generation.temperature, top_p=config.generation.top_p,
-                                           max_tokens=config.generation.max_tokens,
-                                           stop=config.generation.stop or None),
-                             chat=None, config=config, pool_size=1, seed_salt=f"{config.seed}:judge:distill")
+            sampling = config.generation.sampling(Checkpoint(name="base", model=base))  # the section's settings
+            ds = sample_pool(prompts, model=base, checkpoint="base", n=1, sampling=sampling, chat=None,
+                             config=config, pool_size=1, seed_salt=f"{config.seed}:judge:distill")
             ds.write_parquet(str(out))
-            return StageOutput(rows=build.distill_pairs, stats={})
+            return StageOutput(rows=parquet_rows(out), stats={})
 
         pairs = add(store.run_stage(ROUND, "distill_pairs", write_pairs, {"judge_sft": sft.manifest}))
 

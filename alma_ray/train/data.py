@@ -165,15 +165,28 @@ def micro_batches(windows: Iterable[dict[str, np.ndarray]], *, micro_batch: int,
             yield {k: v[chunks[j]] for k, v in window.items()}
 
 
+def as_columns(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """Tokenized lists as the object-array columns Ray Data hands a worker (variable-length sequences)."""
+    out = {}
+    for key, values in rows.items():
+        out[key] = np.empty(len(values), dtype=object)
+        out[key][:] = values
+    return out
+
+
+def windows(columns: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive slices of ``size`` rows, as a worker's ``iter_batches(batch_size=size)`` yields them."""
+    n = len(next(iter(columns.values())))
+    return ({k: v[i : i + size] for k, v in columns.items()} for i in range(0, n, size))
+
+
 def padding_fraction(lengths: np.ndarray, micro_batch: int, *, window: int, seed: int = 0) -> float:
     """The share of padding in the micro-batches that ``micro_batches`` cuts from rows of these lengths, in order
     (``window=1``: no bucketing)."""
-    rows = np.empty(len(lengths), dtype=object)
-    rows[:] = [np.zeros(n, dtype=np.int64) for n in lengths]
-    size = micro_batch * window
-    windows = ({"input_ids": rows[i : i + size]} for i in range(0, len(rows), size))
+    rows = as_columns({"input_ids": [np.zeros(n, dtype=np.int64) for n in lengths]})
     real = cells = 0
-    for mb in micro_batches(windows, micro_batch=micro_batch, rng=np.random.default_rng(seed), bucket=window > 1):
+    for mb in micro_batches(windows(rows, micro_batch * window), micro_batch=micro_batch,
+                            rng=np.random.default_rng(seed), bucket=window > 1):
         widths = [len(x) for x in mb["input_ids"]]
         real += sum(widths)
         cells += max(widths) * len(widths)

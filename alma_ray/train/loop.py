@@ -1,5 +1,6 @@
-"""One training loop on Ray Train + DeepSpeed ZeRO for every objective: SFT, DPO, reward model (and the judge,
-which is SFT on rating targets). The result is an HF folder; causal LMs load in vLLM for the next round.
+"""One training loop on Ray Train + DeepSpeed ZeRO for every objective: SFT, DPO, the reward model and the
+judge's rating loss (``alma_ray.train.losses``). The result is an HF folder; causal LMs load in vLLM for the next
+round.
 
 Ray Data tokenizes (``alma_ray.train.data``), ``TorchTrainer`` streams an equal shard to each worker, and
 ``train_loop`` wraps the model with ``deepspeed.initialize``. gloo on CPU, NCCL on GPU, fp32 on CPU and bf16 on
@@ -259,6 +260,13 @@ class Worker:
         Path(out, "train_metrics.json").write_text(json.dumps(summary))
 
 
+def loop_config(train: TrainConfig, *, objective: str, model: str, reference: str | None, use_gpu: bool,
+                heldout: bool = False) -> dict[str, Any]:
+    """What every rank's ``Worker.start`` / ``train_loop`` reads (Ray Train's ``train_loop_config``)."""
+    return {"model": model, "reference": reference, "objective": objective, "use_gpu": use_gpu,
+            "train": train.model_dump(), "heldout": heldout}
+
+
 def train_loop(cfg: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (``train_loop_per_worker``)."""
     import ray.train
@@ -359,8 +367,8 @@ def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, 
             datasets[name] = _tokenize(rows, config, train, objective=objective, model=model, reference=reference)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"model": model, "reference": reference, "objective": objective, "use_gpu": res.use_gpu,
-                           "train": train.model_dump(), "heldout": heldout is not None},
+        train_loop_config=loop_config(train, objective=objective, model=model, reference=reference,
+                                      use_gpu=res.use_gpu, heldout=heldout is not None),
         scaling_config=ScalingConfig(num_workers=res.train_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=None if res.use_gpu
                                      else {"CPU": res.cpus_per_train_worker}),

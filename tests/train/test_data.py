@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from alma_ray.train.data import micro_batches, padding_fraction
+from alma_ray.train.data import as_columns, micro_batches, padding_fraction, windows
 
 
 def _windows(lengths: list[int], size: int) -> list[dict[str, np.ndarray]]:
-    ids = np.empty(len(lengths), dtype=object)
-    ids[:] = [np.full(n, i) for i, n in enumerate(lengths)]
-    rows = np.arange(len(lengths))
-    return [{"input_ids": ids[i : i + size], "row": rows[i : i + size]} for i in range(0, len(lengths), size)]
+    columns = {**as_columns({"input_ids": [np.full(n, i) for i, n in enumerate(lengths)]}),
+               "row": np.arange(len(lengths))}
+    return list(windows(columns, size))
 
 
 def test_bucketing_keeps_every_row_and_the_step_count() -> None:

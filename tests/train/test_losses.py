@@ -141,17 +141,14 @@ def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str
     """The two ``train.dpo_reference`` modes: a reference model inside the step, or ``ReferenceLogprobs`` first."""
     from transformers import AutoModelForCausalLM
 
-    from alma_ray.train.data import ReferenceLogprobs
+    from alma_ray.train.data import ReferenceLogprobs, as_columns
     from alma_ray.train.loop import _step
 
     tok = _tokenizer(tiny_model)
     batch = tokenize_pairs({"prompt": np.array(["Name a color.", "Say hi."]),
                             "chosen": np.array(["blue is a color", "hi there"]), "rejected": np.array(["no", "x"])},
                            model=tiny_model, max_seq_len=64, completion_template=TEMPLATE)
-    columns: dict[str, np.ndarray] = {}
-    for k, v in batch.items():
-        columns[k] = np.empty(len(v), dtype=object)
-        columns[k][:] = v
+    columns = as_columns(batch)
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():  # move the policy away from the reference so the margins are not all zero

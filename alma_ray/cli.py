@@ -6,6 +6,7 @@ Examples::
     alma-ray run --config jobs/configs/tiny.yaml generation.n=8 name=tiny-n8
     alma-ray config show --config jobs/configs/laptop.yaml resources.use_gpu=true
     alma-ray models prepare
+    alma-ray report runs/laptop
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from alma_ray.config import ConfigError, load_config
 from alma_ray.models.registry import EMBEDDED, ModelError, cache_dir, prepare_embedded
 from alma_ray.recipes.alma import EmptyStageError
 from alma_ray.seeds import SeedError
+from alma_ray.stages.cluster import PoolTooSmallError
 from alma_ray.store import StoreError
 
 OVERRIDES_HELP = "config overrides as key=value (YAML values), e.g. generation.n=8 train.zero_stage=3"
@@ -35,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML preset, e.g. jobs/configs/laptop.yaml")
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    report = sub.add_parser("report", help="rebuild the per-round reports (report.md + plots) of a run directory",
+                            description="Rebuild round_NNN/report.md and its plots from what the stages committed "
+                                        "(run does this after every round).")
+    report.add_argument("run_dir", help="a run directory, e.g. runs/laptop")
 
     cfg = sub.add_parser("config", help="inspect a config")
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -72,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "report":
+            from alma_ray.report import write_report
+
+            rounds = sorted(Path(args.run_dir).glob("round_[0-9][0-9][0-9]"))
+            if not rounds:
+                print(f"alma-ray: error: no round_NNN directories in {args.run_dir}", file=sys.stderr)
+                return 2
+            for round_dir in rounds:
+                print(write_report(round_dir))
+            return 0
         if args.command == "config":
             from alma_ray.placement import plan_resources
 
@@ -89,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             state = "prepared" if (cache_dir() / "models" / name / ".complete").exists() else "not prepared"
             print(f"embedded:{name:<24} {state:<13} {about}")
         return 0
-    except (ConfigError, ModelError, SeedError, StoreError, EmptyStageError) as e:
+    except (ConfigError, ModelError, SeedError, StoreError, EmptyStageError, PoolTooSmallError) as e:
         print(f"alma-ray: error: {e}", file=sys.stderr)
         return 2
 

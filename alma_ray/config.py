@@ -50,8 +50,43 @@ class Checkpoint(_Section):
     """Sampling settings for this checkpoint only; None: the generation section's value."""
 
 
+class DedupConfig(_Section):
+    """Near-duplicate removal: MinHash over word n-gram shingles, banded LSH (datasketch picks the bands)."""
+
+    threshold: float = Field(default=0.7, gt=0, lt=1)
+    """Estimated Jaccard similarity at or above which a prompt is a near-duplicate of an earlier one."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    ngram: int = Field(default=3, ge=1, le=8)
+    """Words per shingle; prompts shorter than this are one shingle."""
+
+
+class EmbeddingConfig(_Section):
+    """Prompt embeddings from the base model's hidden states (for clustering and diversity metrics)."""
+
+    layer: int = -1
+    """Hidden-state layer: 0 is the token embeddings, -1 (default) the last layer, after the final norm."""
+    pooling: Literal["mean", "last"] = "mean"
+    """Mean over the prompt's tokens (default), or the last token's state."""
+    max_tokens: int = Field(default=128, ge=8)
+    """Prompt tokens embedded (longer prompts are cut)."""
+    batch_size: int = Field(default=64, ge=1)
+
+
+class ClusteringConfig(_Section):
+    """k-means over the embeddings (faiss); each round draws one unused prompt from each of K clusters."""
+
+    clusters: int | None = Field(default=None, ge=1)
+    """K; unset: prompts_per_round (ALMA: 1M clusters, 1M prompts per round)."""
+    iterations: int = Field(default=20, ge=1)
+    max_points_per_centroid: int = Field(default=256, ge=1)
+    """k-means trains on a random sample of at most K * this embeddings; every prompt is then assigned."""
+    metric_sample: int = Field(default=512, ge=2)
+    """Prompts sampled for the diversity metrics (distinct n-grams, mean pairwise distance)."""
+
+
 class SynthesisConfig(_Section):
-    """Few-shot prompt synthesis with the base model (ALMA section 'Prompt synthesis')."""
+    """The prompt pool (ALMA section 'Prompt synthesis'): few-shot synthesis with the base model, filters,
+    dedup, embeddings and k-means, built once in round 0; each round then draws its prompts from it."""
 
     seeds: list[str] = ["embedded:mt-bench", "embedded:ifbench", "embedded:writingbench"]
     """Seed prompt sources: JSONL/parquet files with a 'prompt' column, or embedded:<name>."""
@@ -60,12 +95,17 @@ class SynthesisConfig(_Section):
     heldout: int = Field(default=8, ge=0)
     """Seed prompts held out (never shown as few-shot examples) to probe each round's checkpoint."""
     k_shot: int = Field(default=4, ge=1, le=16)
+    """Seed prompts shown per few-shot request (ALMoST: 3-5)."""
     num_requests: int = Field(default=64, gt=0)
+    """Few-shot requests, one candidate prompt each: the pool before filters and dedup (ALMA: 100M+)."""
     temperature: float = Field(default=1.2, ge=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     max_tokens: int = Field(default=64, gt=0)
     min_chars: int = Field(default=12, ge=1)
     max_chars: int = Field(default=1000, gt=0)
+    dedup: DedupConfig = DedupConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
 
 
 class GenerationConfig(_Section):
@@ -247,6 +287,20 @@ class Config(_Section):
                 raise ValueError(f"checkpoint {c.name}: model {c.model!r} names no round-one model; use "
                                  f"{ROUND_ONE}0 .. {ROUND_ONE}{last} (train.round_one_seeds)")
         return self
+
+    @model_validator(mode="after")
+    def _enough_clusters(self) -> Config:
+        k = self.synthesis.clustering.clusters
+        if k is not None and k < self.prompts_per_round:
+            raise ValueError(f"synthesis.clustering.clusters={k} is below prompts_per_round={self.prompts_per_round}: "
+                             "each round draws its prompts from that many distinct clusters; raise clusters or "
+                             "leave it unset (= prompts_per_round)")
+        return self
+
+    @property
+    def clusters(self) -> int:
+        """K, the clusters of the prompt pool (each round draws one prompt from each of prompts_per_round)."""
+        return self.synthesis.clustering.clusters or self.prompts_per_round
 
     @property
     def run_dir(self) -> Path:

@@ -64,7 +64,8 @@ def plan_resources(config: Config) -> Plan:
     res, tp = config.resources, config.engine.tensor_parallel_size
     gpus = float(tp) if res.use_gpu else 0.0
     engine_cpus = 1.0 if res.use_gpu else res.cpus_per_engine
-    pools = [Pool("synthesis", "base", res.engines_per_checkpoint, engine_cpus, gpus)]
+    pools = [Pool("synthesis", "base", res.engines_per_checkpoint, engine_cpus, gpus),
+             Pool("embeddings", "base-embedder", res.engines_per_checkpoint, engine_cpus, 1.0 if res.use_gpu else 0.0)]
     pools += [Pool("generate", f"checkpoint:{c.name}", res.engines_per_checkpoint, engine_cpus, gpus)
               for c in config.generation.checkpoints]
     pools += [Pool("judge", f"serve-judge:{m.name}", res.judge_engines, engine_cpus, gpus)

@@ -54,3 +54,11 @@ def test_digest_ignores_where_and_how_much() -> None:
     assert a.digest() == b.digest() != c.digest()
     # Spelling out a default is the same run; so is a config written before a setting existed.
     assert load_config(PRESETS[0], ["train.checkpoint_every=0", "generation.too_long=skip"]).digest() == a.digest()
+
+
+def test_fewer_clusters_than_prompts_per_round_is_refused() -> None:
+    tiny = Path(__file__).parent.parent / "jobs" / "configs" / "tiny.yaml"
+    assert load_config(tiny).clusters == 12
+    assert load_config(tiny, ["synthesis.clustering.clusters=null"]).clusters == 8  # default: prompts_per_round
+    with pytest.raises(ConfigError, match="clusters=4 is below prompts_per_round=8"):
+        load_config(tiny, ["synthesis.clustering.clusters=4"])

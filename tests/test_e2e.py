@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -33,7 +34,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple
 def test_every_stage_writes_rows_with_lineage(tiny_run: tuple[Path, dict]) -> None:
     run_dir, summary = tiny_run
     assert summary["skipped"] == []
-    assert summary["rows"] == {"prompts": 8, "responses": 24, "scores": 24, "selected": 8, "sft": 8, "probe": 2}
+    rows = summary["rows"]
+    assert rows["synthesis"] == 48 and 24 <= rows["pool"] <= 48
+    assert rows["embeddings"] == rows["clusters"] == rows["pool"]
+    assert {k: v for k, v in rows.items() if k not in ("synthesis", "pool", "embeddings", "clusters")} == {
+        "prompts": 8, "responses": 24, "scores": 24, "selected": 8, "sft": 8, "probe": 2}
     r1 = run_dir / "round_001"
     responses = pq.read_table(r1 / "responses").to_pandas()
     # weights 2:1 over n=3 -> 2 samples from tiny-a, 1 from tiny-b, for every prompt
@@ -64,5 +69,73 @@ def test_rerun_skips_every_stage(tiny_run: tuple[Path, dict]) -> None:
     run_dir, first = tiny_run
     summary, stdout = _run(run_dir.parent)
     assert summary["rows"] == first["rows"]
-    assert len(summary["skipped"]) == 6 and summary["wall_s"] == {}
+    assert len(summary["skipped"]) == 10 and summary["wall_s"] == {}
     assert "skipped (done)" in stdout
+
+
+def test_the_prompt_pool_is_filtered_deduplicated_embedded_and_clustered(tiny_run: tuple[Path, dict]) -> None:
+    run_dir, _ = tiny_run
+    r0 = run_dir / "round_000"
+    synthesis = json.loads((r0 / "synthesis" / "_MANIFEST.json").read_text())["stats"]
+    assert sum(synthesis["filters"].values()) == 48  # every request is counted once: passed or one filter
+    pool = pq.read_table(r0 / "pool").to_pandas()
+    stats = json.loads((r0 / "pool" / "_MANIFEST.json").read_text())["stats"]
+    assert len(pool) == stats["passed_filters"] - stats["duplicate_exact"] - stats["near_duplicate"] - stats[
+        "near_duplicate_of_seed"]
+    assert pool.prompt_id.is_unique and (pool.prompt.str.len() >= 4).all()
+    seeds = {json.loads(line)["prompt"] for line in (REPO / "alma_ray/data/tiny_seeds.jsonl").read_text().splitlines()}
+    assert not set(pool.prompt) & seeds
+    emb = pq.read_table(r0 / "embeddings").to_pandas()
+    norms = np.linalg.norm(np.stack(emb.embedding.to_list()), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-4)
+    clusters = pq.read_table(r0 / "clusters" / "data").to_pandas()
+    assert set(clusters.prompt_id) == set(pool.prompt_id) and clusters.cluster_id.between(0, 11).all()
+    prompts = pq.read_table(run_dir / "round_001" / "prompts").to_pandas()
+    assert prompts.cluster_id.is_unique and set(prompts.prompt_id) <= set(pool.prompt_id)
+    report = (run_dir / "round_001" / "report.md").read_text()
+    assert "cluster draw" in report and (run_dir / "round_001" / "report_diversity.png").is_file()
+    assert "filter yields" in (r0 / "report.md").read_text()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_no_prompt_is_drawn_twice_across_rounds_even_across_a_crash(
+        tiny_run: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds 2 and 3 draw from the tiny run's pool; round 2 crashes after writing its rows, before the commit."""
+    from alma_ray import recipes
+    from alma_ray.config import load_config
+    from alma_ray.recipes.pool import write_round_prompts
+    from alma_ray.store import RunStore, StageResult
+
+    run_dir, _ = tiny_run
+    config = load_config(REPO / "jobs/configs/tiny.yaml", [f"output_dir={run_dir.parent}"])
+    store = RunStore(config.run_dir, config.digest(), config.to_yaml())
+    done = {s: StageResult(store.path(0, s), store.manifest(0, s), skipped=True) for s in ("clusters", "embeddings")}
+    for stage in done.values():
+        assert stage.manifest is not None
+
+    def draw(r: int) -> StageResult:
+        return write_round_prompts(config, store, r, clusters=done["clusters"], embeddings=done["embeddings"],
+                                   add=lambda result: result)
+
+    written_before_crash: list[str] = []
+    real_sample_rows = recipes.pool.sample_rows
+
+    def crash(*args, **kwargs):  # called after the round's rows are on disk, before the commit
+        for tmp in store.path(2, "prompts").parent.glob(".prompts.tmp-*"):
+            written_before_crash.extend(pq.read_table(tmp).to_pandas().prompt_id)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(recipes.pool, "sample_rows", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        draw(2)
+    monkeypatch.setattr(recipes.pool, "sample_rows", real_sample_rows)
+    assert written_before_crash and store.manifest(2, "prompts") is None
+    round2 = draw(2)
+    assert not round2.skipped and round2.manifest.stats["ledger_before"] == 8
+    round3 = draw(3)
+    assert draw(3).skipped  # committed: a rerun never draws again
+    ids = {r: list(pq.read_table(store.path(r, "prompts")).to_pandas().prompt_id) for r in (1, 2, 3)}
+    assert sorted(ids[2]) == sorted(written_before_crash)  # the resumed round drew what the crashed one had
+    everything = ids[1] + ids[2] + ids[3]
+    assert len(everything) == len(set(everything)) == 24, ids
+    assert round3.manifest.stats["ledger_before"] == 16

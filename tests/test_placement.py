@@ -21,4 +21,5 @@ def test_gpu_plan_gives_each_engine_its_gpus() -> None:
     plan = plan_resources(config)
     assert plan.stage_needs("generate") == (1.0 + 6, 12.0)  # 2 checkpoints x 3 engines x TP 2
     assert plan.stage_needs("train")[1] == 8.0
+    assert plan.stage_needs("embeddings") == (1.0 + 3, 3.0)  # one GPU per embedder actor, no tensor parallel
     assert plan.gpus_needed == 12.0

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alma_ray.bench import run_bare_arm
+from alma_ray.bench import bench_args, run_bare_arm, start_ray
 from alma_ray.config import Config
 from alma_ray.stages.generate import stable_seed
 
@@ -44,17 +44,6 @@ def _prompts(m: int) -> list[dict[str, Any]]:
     topics = ["a river", "the moon", "bread", "a city at night", "winter", "a library", "the sea", "a garden"]
     return [{"round": 1, "prompt_id": f"b{i:06d}", "cluster_id": -1,
              "prompt": f"Write a short story about {topics[i % len(topics)]}, number {i}."} for i in range(m)]
-
-
-def _start_ray(cpus: int) -> None:
-    """A fresh local Ray for one arm, without the dashboard, progress bars or issue detectors."""
-    import ray
-    import ray.data
-
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.issue_detectors_config.detectors = []
 
 
 def _written_tokens(out: Path) -> int:
@@ -99,7 +88,7 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     t0 = time.time()
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
                      threads=args.threads, pools=pools)
-    _start_ray(args.threads * pools + 1)
+    start_ray(args.threads * pools + 1)
     ray_init_s = time.time() - t0
     try:
         with StageProgress("generate", None, show=False) as progress:
@@ -137,7 +126,7 @@ def ray_data_llm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
                      threads=args.threads, pools=1)
     sampling = config.generation.sampling(config.generation.checkpoints[0])
-    _start_ray(args.threads + 1)
+    start_ray(args.threads + 1)
     try:
         processor = build_processor(
             vLLMEngineProcessorConfig(
@@ -182,14 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true", help="engines on GPUs (one per pool)")
     p.add_argument("--no-ray-data-llm", dest="ray_data_llm", action="store_false",
                    help="skip the ray.data.llm arm (the library alternative, measured end to end)")
-    p.add_argument("--arm", choices=["all", "bare"], default="all", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-
-    from alma_ray.models.registry import resolve_model
-
-    args.model = resolve_model(args.model)
-    if args.arm == "bare":
-        print(json.dumps(bare(args)))
+    args = bench_args(p, argv, bare)
+    if args is None:
         return 0
 
     print(f"bare vLLM: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, {args.threads} threads",

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from alma_ray.bench import run_bare_arm
+from alma_ray.bench import bench_args, run_bare_arm
 from alma_ray.config import Config
 
 
@@ -118,14 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the engine")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--gpu", action="store_true")
-    p.add_argument("--arm", choices=["all", "bare"], default="all", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-
-    from alma_ray.models.registry import resolve_model
-
-    args.model = resolve_model(args.model)
-    if args.arm == "bare":
-        print(json.dumps(bare(args)))
+    args = bench_args(p, argv, bare)
+    if args is None:
         return 0
     print(f"bare vLLM judge: {args.pairs} pairs in chunks of {args.batch}", file=sys.stderr)
     b = run_bare_arm("alma_ray.bench.judge", [

@@ -1,5 +1,6 @@
-"""ALMA, one round per loop iteration: synthesize prompts -> sample N responses -> judge -> best-of-N ->
-SFT the base model on D_1..D_r -> probe the new checkpoint with vLLM.
+"""ALMA. Round 0 builds the judge (when judge.build is set) and the prompt pool (few-shot synthesis, dedup,
+embeddings, k-means: alma_ray.recipes.pool). Then one round per loop iteration: draw K prompts from K clusters
+-> sample N responses -> judge -> best-of-N -> SFT the base model on D_1..D_r -> probe the new checkpoint.
 
 Every stage is committed to the run directory (alma_ray.store) and skipped when a rerun finds it done.
 """
@@ -21,11 +22,13 @@ from alma_ray.models.registry import resolve_model
 from alma_ray.placement import plan_resources
 from alma_ray.progress import StageProgress
 from alma_ray.recipes.judge import accuracy_table, build_judge
+from alma_ray.recipes.pool import build_pool, write_round_prompts
+from alma_ray.report import write_report
 from alma_ray.seeds import load_seeds, prompt_id
 from alma_ray.stages.generate import generate_responses, generation_stats, sample_pool
 from alma_ray.stages.judge import judge_responses
 from alma_ray.stages.select import select_best
-from alma_ray.stages.synthesize import heldout_and_pool, synthesize_prompts
+from alma_ray.stages.synthesize import heldout_and_pool
 from alma_ray.store import RunStore, StageOutput, StageResult, parquet_rows
 from alma_ray.train.loop import fit
 
@@ -73,8 +76,7 @@ def _write(ds: ray.data.Dataset, out: Path, **stats: Any) -> StageOutput:
     ds.write_parquet(str(out))
     rows = parquet_rows(out)
     if rows == 0:
-        raise EmptyStageError(f"stage {out.name.split('.')[1]} produced no rows ({stats}); nothing was committed. "
-                              "For prompts: raise synthesis.num_requests or relax synthesis.min_chars/max_chars.")
+        raise EmptyStageError(f"stage {out.name.split('.')[1]} produced no rows ({stats}); nothing was committed.")
     return StageOutput(rows=rows, stats=stats)
 
 
@@ -105,15 +107,17 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
         judge_models[config.judge.name] = built
         log("judge accuracy on held-out preference pairs:\n" + accuracy_table(table))
 
+    clusters, embeddings = build_pool(config, store, base=base, seeds=pool, heldout=heldout,
+                                      add=lambda result: summary.add(result, log),
+                                      seed_bad_lines=seeds.skipped_bad_lines)
+    log(f"[round 0] report -> {write_report(store.path(0, ''))}")
+
     selected_dirs: list[str] = []
     latest: str | None = None
     round_one: list[str] = []
     for r in range(1, config.rounds + 1):
-        def write_prompts(out: Path) -> StageOutput:
-            ds, counts = synthesize_prompts(config, base_model=base, seeds=pool, round_index=r)
-            return _write(ds, out, filters=counts, seed_bad_lines_skipped=seeds.skipped_bad_lines)
-
-        prompts = summary.add(store.run_stage(r, "prompts", write_prompts), log)
+        prompts = write_round_prompts(config, store, r, clusters=clusters, embeddings=embeddings,
+                                      add=lambda result: summary.add(result, log))
 
         checkpoints = dict(fixed)
         for c in config.generation.checkpoints:
@@ -183,5 +187,6 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
 
         if heldout:
             summary.add(store.run_stage(r, "probe", write_probe, {"sft": sft.manifest}), log)
+        log(f"[round {r}] report -> {write_report(store.path(r, ''))}")
     summary.wall_s = time.time() - started
     return summary

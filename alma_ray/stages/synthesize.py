@@ -1,14 +1,16 @@
 """Few-shot prompt synthesis with the base model (ALMA / ALMoST self-instruct).
 
 Each request shows ``k_shot`` seed prompts drawn at random and leaves a slot for one more; the base model's
-completion, cleaned and filtered, is a new prompt. Requests are built from ``ray.data.range`` so the pool size
-is a matter of cluster size, and sampled through the same vLLM actor pool as responses.
+completion, cleaned and filtered, is a candidate prompt. Requests are built from ``ray.data.range`` so the pool
+size is a matter of cluster size, and sampled through the same vLLM actor pool as responses. Deduplication,
+embeddings and clustering follow (``dedup``, ``embed``, ``cluster``; ``alma_ray.recipes.pool`` runs them).
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,10 @@ from ray.data import Dataset
 from alma_ray.config import Config
 from alma_ray.seeds import normalize, prompt_id
 from alma_ray.stages.generate import sample_pool, stable_seed
-from alma_ray.stages.select import shuffle_partitions
 
 HEADER = "Below are requests that users sent to a helpful AI assistant.\n\n"
 SLOT = "Request:"
-FILTERS = ("empty", "too_short", "too_long", "template_leak", "non_text", "repeats_seed", "duplicate")
+FILTERS = ("empty", "too_short", "too_long", "template_leak", "non_text", "repeats_seed")
 
 
 def fewshot_requests(batch: dict[str, np.ndarray], *, seeds: list[str], k: int, salt: str) -> dict[str, list]:
@@ -71,11 +72,13 @@ def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_cha
     })
 
 
-def synthesize_prompts(config: Config, *, base_model: str, seeds: list[str], round_index: int,
-                       ) -> tuple[Dataset, dict[str, int]]:
-    """New prompts for a round, deduplicated, with per-filter counts; rows carry their lineage."""
+def synthesize_candidates(config: Config, *, base_model: str, seeds: list[str], known: Sequence[str] = (),
+                          progress: Any = None) -> Dataset:
+    """Candidate prompts for the pool: one per few-shot request (shots drawn from ``seeds``), cleaned, each with
+    the first filter it fails (``reject``, "" when it passes) and its lineage (request index, sampling seed,
+    source). A candidate equal to a seed or to one of ``known`` (held-out prompts) is ``repeats_seed``."""
     syn = config.synthesis
-    salt = f"{config.seed}:{round_index}:synthesis"
+    salt = f"{config.seed}:synthesis"
     requests = ray.data.range(syn.num_requests).map_batches(
         fewshot_requests,  # type: ignore[arg-type]
         fn_kwargs=dict(seeds=seeds, k=syn.k_shot, salt=salt), batch_size=256)
@@ -83,34 +86,28 @@ def synthesize_prompts(config: Config, *, base_model: str, seeds: list[str], rou
         requests, model=base_model, checkpoint="base", n=1,
         sampling=dict(temperature=syn.temperature, top_p=syn.top_p, max_tokens=syn.max_tokens, stop=[SLOT]),
         chat=False, completion_template="{prompt}", config=config,
-        pool_size=config.resources.engines_per_checkpoint, seed_salt=salt)
-    seed_ids = {prompt_id(s) for s in seeds}
-    candidates = completions.map_batches(
-        classify,  # type: ignore[arg-type]
-        fn_kwargs=dict(seed_ids=seed_ids, min_chars=syn.min_chars, max_chars=syn.max_chars),
-        batch_format="pandas").materialize()
+        pool_size=config.resources.engines_per_checkpoint, seed_salt=salt, progress=progress)
+    source = f"synth:{config.base_model}"
+    seed_ids = {prompt_id(s) for s in [*seeds, *known]}
+
+    def classify_batch(batch: pd.DataFrame) -> pd.DataFrame:
+        out = classify(batch, seed_ids=seed_ids, min_chars=syn.min_chars,
+                       max_chars=syn.max_chars)
+        out["source"] = source
+        return out
+
+    return completions.map_batches(classify_batch, batch_format="pandas")
+
+
+def filter_counts(candidates: Dataset) -> dict[str, int]:
+    """Rows rejected by each filter (every filter listed, 0 when it rejected nothing) and rows that passed."""
+    from ray.data.aggregate import Count
+
     counts = {name: 0 for name in FILTERS}
-    partitions = shuffle_partitions(syn.num_requests)
-    for row in candidates.groupby("reject", num_partitions=partitions).count().iter_rows():
-        if row["reject"]:
-            counts[row["reject"]] = row["count()"]
-    kept = candidates.filter(expr="reject == ''")
-    passed = kept.count()
-    unique = kept.groupby("prompt_id", num_partitions=partitions).map_groups(
-        lambda g: g.sort_values("request_index").head(1), batch_format="pandas")
-    counts["duplicate"] = passed - unique.count()
-    counts["requested"] = syn.num_requests
-    model_name = config.base_model
-
-    def lineage(batch: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({
-            "round": round_index, "prompt_id": batch["prompt_id"], "cluster_id": -1,
-            "prompt": batch["text"], "source": f"synth:{model_name}", "synth_seed": batch["synth_seed"],
-            "request_index": batch["request_index"],
-        })
-
-    prompts = unique.sort("prompt_id").limit(config.prompts_per_round).map_batches(lineage, batch_format="pandas")
-    return prompts, counts
+    for row in candidates.groupby("reject", num_partitions=1).aggregate(Count()).iter_rows():
+        counts[row["reject"] or "passed"] = int(row["count()"])
+    counts.setdefault("passed", 0)
+    return counts
 
 
 def heldout_and_pool(seeds: list[str], *, heldout: int, seed: int) -> tuple[list[str], list[str]]:

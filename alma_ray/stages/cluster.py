@@ -1,0 +1,76 @@
+"""k-means over prompt embeddings (faiss), trained on a sample, then streaming assignment in Ray Data.
+
+faiss's k-means is what ALMA-scale clustering (1M centroids) runs on; it trains on at most
+``K * max_points_per_centroid`` sampled vectors (its own guidance), and every prompt is then assigned to its
+nearest centroid by Ray Data tasks that read the centroids from the object store. Embeddings are unit length,
+so the k-means is spherical (inner product).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+from ray.data import Dataset
+
+from alma_ray.config import ClusteringConfig
+
+
+class PoolTooSmallError(ValueError):
+    """Fewer prompts (or clusters) than a step needs; the message says what to change."""
+
+
+def train_centroids(embeddings: Dataset, *, k: int, cfg: ClusteringConfig, rows: int, seed: int) -> np.ndarray:
+    """Centroids (k x dim, unit length) from k-means on a random sample of ``embeddings``."""
+    import faiss
+
+    if rows < k:
+        raise PoolTooSmallError(
+            f"the prompt pool has {rows} prompts, fewer than the {k} clusters asked for: raise "
+            "synthesis.num_requests, or lower synthesis.clustering.clusters / prompts_per_round")
+    want = min(rows, k * cfg.max_points_per_centroid)
+    sample = embeddings.select_columns(["embedding"])
+    if want < rows:
+        sample = sample.random_sample(min(1.0, 1.2 * want / rows), seed=seed)
+    x = np.ascontiguousarray(np.stack(list(sample.take_batch(want, batch_format="numpy")["embedding"])),
+                             dtype=np.float32)
+    if len(x) < k:  # the random sample came out short: take the first rows instead
+        x = np.ascontiguousarray(np.stack(list(embeddings.take_batch(want, batch_format="numpy")["embedding"])),
+                                 dtype=np.float32)
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=cfg.iterations, seed=seed, spherical=True,
+                          max_points_per_centroid=cfg.max_points_per_centroid, min_points_per_centroid=1,
+                          verbose=False)
+    kmeans.train(x)
+    return np.asarray(kmeans.centroids, dtype=np.float32)
+
+
+def _assign(batch: dict[str, np.ndarray], *, centroids: Any) -> dict[str, Any]:
+    import faiss
+
+    c = ray.get(centroids) if isinstance(centroids, ray.ObjectRef) else centroids
+    index = faiss.IndexFlatIP(c.shape[1])
+    index.add(c)
+    x = np.ascontiguousarray(np.stack(list(batch["embedding"])), dtype=np.float32)
+    similarity, nearest = index.search(x, 1)
+    out = {k: v for k, v in batch.items() if k != "embedding"}
+    return {**out, "cluster_id": nearest[:, 0].astype(np.int64), "cluster_similarity": similarity[:, 0]}
+
+
+def assign_clusters(embeddings: Dataset, centroids: np.ndarray) -> Dataset:
+    """Every row with its nearest centroid (``cluster_id``) and the cosine similarity to it; embeddings dropped."""
+    ref = ray.put(centroids)
+    return embeddings.map_batches(_assign, fn_kwargs=dict(centroids=ref),  # type: ignore[arg-type]
+                                  batch_format="numpy", batch_size=4096)
+
+
+def size_histogram(sizes: list[int], k: int) -> dict[str, int]:
+    """Clusters by size, in power-of-two bins ("0", "1", "2-3", "4-7", ...), empty clusters included."""
+    counts = np.bincount(np.asarray(sizes, dtype=np.int64), minlength=1) if sizes else np.zeros(1, np.int64)
+    hist: dict[str, int] = {"0": k - len(sizes)}
+    lo = 1
+    while lo <= (max(sizes) if sizes else 0):
+        hi = 2 * lo - 1
+        hist[str(lo) if lo == hi else f"{lo}-{hi}"] = int(counts[lo:hi + 1].sum())
+        lo *= 2
+    return hist

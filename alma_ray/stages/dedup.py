@@ -1,0 +1,104 @@
+"""Deduplication of candidate prompts, exact and near, against the seed prompts and everything kept before.
+
+Every step is a Ray Data operation (map, hash-shuffle aggregate, hash join), so it streams and scales out:
+
+- **exact**: the normalized-text hash (``prompt_id``); of equal ids the earliest row (lowest ``order``) is kept.
+- **near**: a MinHash signature per prompt over word n-gram shingles (datasketch), cut into the LSH bands that
+  datasketch's ``MinHashLSH`` picks for the threshold; each (band, band hash) is a bucket. A prompt that shares a
+  bucket with an earlier row is a near-duplicate. Work grows with rows x bands, never rows squared.
+
+Reference rows (seed prompts, the existing pool) carry negative ``order``, so they always win and are never
+returned. As in large-scale text dedup (NeMo Curator, text-dedup), bucket collisions are not re-verified against
+the threshold: datasketch's band choice keeps false positives and negatives low.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from ray.data import Dataset
+from ray.data.aggregate import Min
+
+from alma_ray.config import DedupConfig
+
+_WORD = re.compile(r"\w+")
+
+
+def shingles(text: str, n: int) -> list[bytes]:
+    """Word n-grams of the lower-cased text (a prompt shorter than ``n`` words is one shingle)."""
+    words = _WORD.findall(text.lower())
+    if len(words) <= n:
+        return [" ".join(words).encode()]
+    return list(dict.fromkeys(" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)))
+
+
+@lru_cache(maxsize=8)
+def lsh_bands(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
+    """The (start, end) hash ranges of each band, as datasketch's MinHashLSH chooses them for ``threshold``."""
+    from datasketch import MinHashLSH
+
+    return tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+
+
+def band_keys(batch: pd.DataFrame, *, cfg: DedupConfig) -> pd.DataFrame:
+    """One row per (prompt, band): ``bucket`` (a 63-bit hash of the band index and its signature slice), ``order``."""
+    from datasketch import MinHash
+
+    bands = lsh_bands(cfg.threshold, cfg.num_perm)
+    signatures = MinHash.bulk([shingles(t, cfg.ngram) for t in batch["text"]], num_perm=cfg.num_perm)
+    buckets = np.empty((len(signatures), len(bands)), dtype=np.int64)
+    for i, sig in enumerate(signatures):
+        values = sig.hashvalues
+        for j, (start, end) in enumerate(bands):
+            digest = hashlib.blake2b(values[start:end].tobytes(), digest_size=8, salt=j.to_bytes(2, "little"))
+            buckets[i, j] = int.from_bytes(digest.digest(), "little") >> 1
+    return pd.DataFrame({"bucket": buckets.ravel(),
+                         "order": np.repeat(batch["order"].to_numpy(dtype=np.int64), len(bands))})
+
+
+@dataclass
+class DedupResult:
+    unique: Dataset
+    """Candidate rows that are neither exact nor near duplicates (columns as given)."""
+    near: Dataset
+    """``order`` of each near-duplicate candidate, and ``of_reference``: whether it repeats a reference row."""
+
+
+def exact_dedup(rows: Dataset, *, partitions: int) -> Dataset:
+    """One row per ``prompt_id``: the one with the lowest ``order``."""
+    first = rows.groupby("prompt_id", num_partitions=partitions).aggregate(Min("order", alias_name="first"))
+    return rows.join(first, "inner", partitions, on=("prompt_id", "order"),  # type: ignore[arg-type]
+                     right_on=("prompt_id", "first"))  # type: ignore[arg-type]
+
+
+def dedup(candidates: Dataset, reference: Dataset | None, *, cfg: DedupConfig, partitions: int) -> DedupResult:
+    """Drop exact and near duplicates of ``candidates`` among themselves and against ``reference``.
+
+    Both datasets need ``prompt_id``, ``text`` and ``order`` (unique; the lowest wins; reference rows negative).
+    Each step is materialized before the next: one plan chaining all the shuffles stalls Ray Data's scheduler
+    on small clusters (minutes for a handful of rows), and the steps' outputs are reused anyway.
+    """
+    unique_exact = exact_dedup(candidates, partitions=partitions)
+    if reference is not None:
+        unique_exact = unique_exact.join(reference.select_columns(["prompt_id"]), "left_anti", partitions,
+                                         on=("prompt_id",))
+    unique_exact = unique_exact.materialize()
+    docs = unique_exact.select_columns(["text", "order"])
+    if reference is not None:
+        docs = docs.union(reference.select_columns(["text", "order"]))
+    keys = docs.map_batches(band_keys, fn_kwargs=dict(cfg=cfg), batch_format="pandas")  # type: ignore[arg-type]
+    keys = keys.materialize()
+    first = keys.groupby("bucket", num_partitions=partitions).aggregate(Min("order", alias_name="first"))
+    dups = (keys.join(first.materialize(), "inner", partitions, on=("bucket",))
+            .filter(expr="order > first")
+            .filter(expr="order >= 0")).materialize()  # a reference row that repeats another is not ours to drop
+    near = (dups.groupby("order", num_partitions=partitions).aggregate(Min("first", alias_name="first"))
+            .map_batches(lambda b: pd.DataFrame({"order": b["order"], "of_reference": b["first"] < 0}),
+                         batch_format="pandas")).materialize()
+    unique = unique_exact.join(near.select_columns(["order"]), "left_anti", partitions, on=("order",))
+    return DedupResult(unique=unique, near=near)

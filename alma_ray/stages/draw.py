@@ -1,0 +1,77 @@
+"""Each round's prompts: one never-used prompt from each of K distinct clusters of the pool (ALMA).
+
+The ledger of used prompts is the set of committed ``round_*/prompts`` stages: a round's draw is written
+atomically with its manifest (alma_ray.store), so a crash before the commit leaves the ledger as it was and the
+rerun draws the same prompts (the draw is a pure function of the pool, the ledger, the run seed and the round);
+after the commit, a rerun skips the stage. Nothing is collected on the driver: the draw is an anti-join with
+the ledger, a per-cluster minimum of a seeded hash rank, and a join back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import ray.data
+from ray.data import Dataset
+from ray.data.aggregate import Min
+
+from alma_ray.stages.cluster import PoolTooSmallError
+from alma_ray.store import RunStore
+
+
+def _rank(values: pd.Series, salt: str) -> np.ndarray:
+    """A seeded 63-bit hash of each value: sorting by it is a random order that reruns reproduce."""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{salt}:{v}".encode(), digest_size=8).digest(), "little") >> 1
+                     for v in values], dtype=np.int64)
+
+
+def ledger(store: RunStore, round_index: int) -> Dataset | None:
+    """``prompt_id`` of every prompt drawn by the committed rounds before ``round_index`` (None in round 1)."""
+    dirs = []
+    for r in range(1, round_index):
+        if store.manifest(r, "prompts") is None:
+            raise RuntimeError(f"round {r} has no committed prompts, so round {round_index} cannot know which "
+                               f"prompts are used; run the rounds in order (delete {store.path(round_index, '')})")
+        dirs.append(str(store.path(r, "prompts")))
+    return ray.data.read_parquet(dirs).select_columns(["prompt_id"]) if dirs else None
+
+
+@dataclass
+class Draw:
+    drawn: Dataset
+    """The round's prompts: the pool's columns plus ``round`` and ``draw_rank``."""
+    random: Dataset
+    """The same number of unused prompts drawn at random, ignoring clusters (for the diversity comparison)."""
+    unused_prompts: int
+    clusters_available: int
+
+
+def draw_prompts(pool: Dataset, used: Dataset | None, *, k: int, seed: int, round_index: int,
+                 partitions: int) -> Draw:
+    """K prompts from K distinct clusters, none in ``used``; a seeded random prompt per cluster and random
+    clusters when more than K have unused prompts."""
+    unused = pool if used is None else pool.join(used, "left_anti", partitions, on=("prompt_id",))
+    salt = f"{seed}:{round_index}:draw"
+
+    def ranked_batch(batch: pd.DataFrame) -> pd.DataFrame:
+        return batch.assign(round=round_index, draw_rank=_rank(batch["prompt_id"], salt))
+
+    ranked = unused.map_batches(ranked_batch, batch_format="pandas").materialize()
+    per_cluster = ranked.groupby("cluster_id", num_partitions=partitions).aggregate(
+        Min("draw_rank", alias_name="best")).materialize()
+    available, remaining = per_cluster.count(), ranked.count()
+    if available < k:
+        raise PoolTooSmallError(
+            f"round {round_index} needs prompts_per_round={k} prompts from distinct clusters, but only {available} "
+            f"clusters still have unused prompts ({remaining} unused prompts in all): raise synthesis.num_requests "
+            "(a bigger pool; delete round_000 to rebuild it), or lower prompts_per_round or rounds")
+    picks = per_cluster.map_batches(
+        lambda b: b.assign(cluster_rank=_rank(b["cluster_id"], salt + ":cluster")), batch_format="pandas"
+    ).sort("cluster_rank").limit(k)
+    drawn = ranked.join(picks.drop_columns(["cluster_rank"]), "inner", partitions,
+                        on=("cluster_id", "draw_rank"), right_on=("cluster_id", "best"))  # type: ignore[arg-type]
+    return Draw(drawn=drawn, random=ranked.sort("draw_rank").limit(k), unused_prompts=remaining,
+                clusters_available=available)

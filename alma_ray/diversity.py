@@ -19,11 +19,16 @@ import numpy as np
 _WORD = re.compile(r"\w+")
 
 
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` (what n-gram metrics and dedup shingles are made of)."""
+    return _WORD.findall(text.lower())
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     grams: list[tuple[str, ...]] = []
     for text in texts:
-        words = _WORD.findall(text.lower())
-        grams.extend(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        tokens = words(text)
+        grams.extend(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
     return len(set(grams)) / len(grams) if grams else 0.0
 
 

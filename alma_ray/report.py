@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,50 +25,46 @@ def _manifests(round_dir: Path) -> dict[str, Manifest]:
     return dict(sorted(found.items(), key=lambda item: item[1].started_at))  # in the order they ran
 
 
-def _save(fig: Any, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    tmp.replace(path)
-    return path.name
+def _plot(path: Path, title: str, ylabel: str, draw: Callable[[Any], None]) -> str:
+    """Draw one small figure with ``draw(axes)``, write it atomically to ``path``; returns its file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    try:
+        draw(ax)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        tmp.replace(path)
+        return path.name
+    finally:
+        plt.close(fig)
 
 
 def _bar_plot(path: Path, title: str, labels: list[str], series: dict[str, list[float]], ylabel: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    width = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(labels)) + i * width, values, width, label=name)
-    ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2, labels)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    if len(series) > 1:
-        ax.legend()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    def draw(ax: Any) -> None:
+        width = 0.8 / max(1, len(series))
+        for i, (name, values) in enumerate(series.items()):
+            ax.bar(np.arange(len(labels)) + i * width, values, width, label=name)
+        ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2, labels)
+        if len(series) > 1:
+            ax.legend()
+
+    return _plot(path, title, ylabel, draw)
 
 
 def _line_plot(path: Path, title: str, values: list[float], ylabel: str) -> str:
-    import matplotlib
+    def draw(ax: Any) -> None:
+        ax.plot(range(1, len(values) + 1), values)
+        ax.set_xlabel("step")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(range(1, len(values) + 1), values)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _plot(path, title, ylabel, draw)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

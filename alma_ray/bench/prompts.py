@@ -139,17 +139,15 @@ def _dedup_once(texts: list[str], seeds: list[str]) -> dict[str, Any]:
 
     from alma_ray.config import DedupConfig
     from alma_ray.seeds import prompt_id
-    from alma_ray.stages.dedup import dedup
+    from alma_ray.stages.dedup import dedup, reference_rows
     from alma_ray.stages.select import shuffle_partitions
 
-    def frame(rows: list[str], start: int, step: int) -> pd.DataFrame:
-        return pd.DataFrame({"prompt_id": [prompt_id(t) for t in rows], "text": rows,
-                             "order": start + step * np.arange(len(rows), dtype=np.int64)})
-
+    candidates = pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "text": texts,
+                               "order": np.arange(len(texts), dtype=np.int64)})
     with PeakRSS() as rss:
         t0 = time.time()
-        result = dedup(ray.data.from_pandas(frame(texts, 0, 1)), ray.data.from_pandas(frame(seeds, -1, -1)),
-                       cfg=DedupConfig(), partitions=max(2, shuffle_partitions(len(texts))))
+        result = dedup(ray.data.from_pandas(candidates), reference_rows(seeds), cfg=DedupConfig(),
+                       partitions=max(2, shuffle_partitions(len(texts))))
         unique = result.unique.count()
         wall = time.time() - t0
     return {"rows": len(texts), "unique": unique, "near": result.near.count(), "wall_s": round(wall, 2),

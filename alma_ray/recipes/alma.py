@@ -101,14 +101,16 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
     log(f"seeds: {len(seeds.prompts)} prompts ({len(pool)} few-shot pool, {len(heldout)} held out), "
         f"{seeds.skipped_bad_lines} bad lines skipped")
 
+    def add(result: StageResult) -> StageResult:
+        return summary.add(result, log)
+
     if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
         built, table = build_judge(config, store, base=base, judge_start=judge_models[config.judge.name],
-                                   seed_prompts=pool, add=lambda result: summary.add(result, log))
+                                   seed_prompts=pool, add=add)
         judge_models[config.judge.name] = built
         log("judge accuracy on held-out preference pairs:\n" + accuracy_table(table))
 
-    clusters, embeddings = build_pool(config, store, base=base, seeds=pool, heldout=heldout,
-                                      add=lambda result: summary.add(result, log),
+    clusters, embeddings = build_pool(config, store, base=base, seeds=pool, heldout=heldout, add=add,
                                       seed_bad_lines=seeds.skipped_bad_lines)
     log(f"[round 0] report -> {write_report(store.path(0, ''))}")
 
@@ -116,8 +118,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
     latest: str | None = None
     round_one: list[str] = []
     for r in range(1, config.rounds + 1):
-        prompts = write_round_prompts(config, store, r, clusters=clusters, embeddings=embeddings,
-                                      add=lambda result: summary.add(result, log))
+        prompts = write_round_prompts(config, store, r, clusters=clusters, embeddings=embeddings, add=add)
 
         checkpoints = dict(fixed)
         for c in config.generation.checkpoints:
@@ -135,8 +136,8 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
                                 steady_tok_s=progress.final.get("steady_tok_s"))
             return result
 
-        responses = summary.add(store.run_stage(r, "responses", write_responses,
-                                                {"prompts": prompts.manifest}), log)
+        responses = add(store.run_stage(r, "responses", write_responses,
+                                                {"prompts": prompts.manifest}))
 
         def write_scores(out: Path) -> StageOutput:
             with judge_service(config, judge_models):
@@ -146,7 +147,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
                                 flagged=scored.filter(expr="judge_flag != ''").count())
             return result
 
-        scores = summary.add(store.run_stage(r, "scores", write_scores, {"responses": responses.manifest}), log)
+        scores = add(store.run_stage(r, "scores", write_scores, {"responses": responses.manifest}))
 
         def write_selected(out: Path) -> StageOutput:
             result = _write(select_best(ray.data.read_parquet(str(scores.path)), expected_rows=scores.manifest.rows),
@@ -155,7 +156,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
             result.stats.update(mean_best=chosen.mean("score"), mean_all=chosen.mean("mean_score"))
             return result
 
-        selected = summary.add(store.run_stage(r, "selected", write_selected, {"scores": scores.manifest}), log)
+        selected = add(store.run_stage(r, "selected", write_selected, {"scores": scores.manifest}))
         selected_dirs.append(str(selected.path))
 
         init = base if config.train.init == "base" or latest is None else latest
@@ -165,9 +166,9 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
             metrics = fit(union, config, objective="sft", model=init, out_dir=out, seed=seed)
             return StageOutput(rows=union.count(), stats={k: v for k, v in metrics.items() if k != "losses"})
 
-        sft_runs = [summary.add(store.run_stage(r, "sft" if k == 0 else f"sft_seed{k}",
+        sft_runs = [add(store.run_stage(r, "sft" if k == 0 else f"sft_seed{k}",
                                                 functools.partial(write_sft, seed=config.train.seed + k),
-                                                {"selected": selected.manifest}), log)
+                                                {"selected": selected.manifest}))
                     for k in range(config.train.round_one_seeds if r == 1 else 1)]
         sft = sft_runs[0]
         latest = str(sft.path)
@@ -186,7 +187,7 @@ def run_alma(config: Config, log: Callable[[str], None] = print) -> RunSummary:
             return result
 
         if heldout:
-            summary.add(store.run_stage(r, "probe", write_probe, {"sft": sft.manifest}), log)
+            add(store.run_stage(r, "probe", write_probe, {"sft": sft.manifest}))
         log(f"[round {r}] report -> {write_report(store.path(r, ''))}")
     summary.wall_s = time.time() - started
     return summary

@@ -25,9 +25,8 @@ from ray.data import Dataset
 from alma_ray.config import Config
 from alma_ray.diversity import diversity
 from alma_ray.progress import StageProgress
-from alma_ray.seeds import prompt_id
 from alma_ray.stages.cluster import PoolTooSmallError, assign_clusters, size_histogram, train_centroids
-from alma_ray.stages.dedup import dedup
+from alma_ray.stages.dedup import dedup, reference_rows
 from alma_ray.stages.draw import draw_prompts, ledger
 from alma_ray.stages.embed import embed_prompts
 from alma_ray.stages.select import shuffle_partitions
@@ -82,15 +81,10 @@ def build_pool(config: Config, store: RunStore, *, base: str, seeds: list[str], 
     synthesis = add(store.run_stage(0, "synthesis", write_synthesis))
 
     def write_pool(out: Path) -> StageOutput:
-        passed = _read(synthesis).filter(expr="reject == ''").map_batches(
-            lambda b: b.rename(columns={"text": "prompt"}).assign(order=b["request_index"]).drop(columns=["reject"]),
+        candidates = _read(synthesis).filter(expr="reject == ''").map_batches(
+            lambda b: b.assign(prompt=b["text"], order=b["request_index"]).drop(columns=["reject"]),
             batch_format="pandas")
-        known = [*seeds, *heldout]
-        reference = ray.data.from_pandas(pd.DataFrame({
-            "prompt_id": [prompt_id(s) for s in known], "text": known,
-            "order": -np.arange(1, len(known) + 1, dtype=np.int64)}))
-        candidates = passed.map_batches(lambda b: b.assign(text=b["prompt"]), batch_format="pandas")
-        result = dedup(candidates, reference, cfg=syn.dedup, partitions=partitions)
+        result = dedup(candidates, reference_rows([*seeds, *heldout]), cfg=syn.dedup, partitions=partitions)
         near = result.near.materialize()
         result.unique.drop_columns(["text", "order"]).write_parquet(str(out))
         rows = parquet_rows(out)
@@ -160,7 +154,7 @@ def write_round_prompts(config: Config, store: RunStore, round_index: int, *, cl
         random = sample_rows(draw.random, m, columns=columns)
         vectors = embeddings_of(_read(embeddings), [*drawn["prompt_id"], *random["prompt_id"]])
         return StageOutput(rows=rows, stats={
-            "ledger_before": sum(parquet_rows(store.path(r, "prompts")) for r in range(1, round_index)),
+            "ledger_before": clusters.manifest.rows - draw.unused_prompts,  # every used prompt is in the pool
             "unused_prompts": draw.unused_prompts, "clusters_available": draw.clusters_available,
             "diversity": {"cluster_draw": sample_diversity(drawn, vectors),
                           "random_draw": sample_diversity(random, vectors)}})

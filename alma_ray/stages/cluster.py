@@ -21,6 +21,11 @@ class PoolTooSmallError(ValueError):
     """Fewer prompts (or clusters) than a step needs; the message says what to change."""
 
 
+def _vectors(column: Any) -> np.ndarray:
+    """An embedding column (a tensor column or a list of arrays) as one contiguous float32 matrix."""
+    return np.ascontiguousarray(np.stack(list(column)), dtype=np.float32)
+
+
 def train_centroids(embeddings: Dataset, *, k: int, cfg: ClusteringConfig, rows: int, seed: int) -> np.ndarray:
     """Centroids (k x dim, unit length) from k-means on a random sample of ``embeddings``."""
     import faiss
@@ -33,11 +38,9 @@ def train_centroids(embeddings: Dataset, *, k: int, cfg: ClusteringConfig, rows:
     sample = embeddings.select_columns(["embedding"])
     if want < rows:
         sample = sample.random_sample(min(1.0, 1.2 * want / rows), seed=seed)
-    x = np.ascontiguousarray(np.stack(list(sample.take_batch(want, batch_format="numpy")["embedding"])),
-                             dtype=np.float32)
+    x = _vectors(sample.take_batch(want, batch_format="numpy")["embedding"])
     if len(x) < k:  # the random sample came out short: take the first rows instead
-        x = np.ascontiguousarray(np.stack(list(embeddings.take_batch(want, batch_format="numpy")["embedding"])),
-                                 dtype=np.float32)
+        x = _vectors(embeddings.take_batch(want, batch_format="numpy")["embedding"])
     kmeans = faiss.Kmeans(x.shape[1], k, niter=cfg.iterations, seed=seed, spherical=True,
                           max_points_per_centroid=cfg.max_points_per_centroid, min_points_per_centroid=1,
                           verbose=False)
@@ -45,14 +48,13 @@ def train_centroids(embeddings: Dataset, *, k: int, cfg: ClusteringConfig, rows:
     return np.asarray(kmeans.centroids, dtype=np.float32)
 
 
-def _assign(batch: dict[str, np.ndarray], *, centroids: Any) -> dict[str, Any]:
+def _assign(batch: dict[str, np.ndarray], *, centroids: ray.ObjectRef) -> dict[str, Any]:
     import faiss
 
-    c = ray.get(centroids) if isinstance(centroids, ray.ObjectRef) else centroids
+    c = ray.get(centroids)  # nested in fn_kwargs, so Ray does not resolve it: read from the object store here
     index = faiss.IndexFlatIP(c.shape[1])
     index.add(c)
-    x = np.ascontiguousarray(np.stack(list(batch["embedding"])), dtype=np.float32)
-    similarity, nearest = index.search(x, 1)
+    similarity, nearest = index.search(_vectors(batch["embedding"]), 1)
     out = {k: v for k, v in batch.items() if k != "embedding"}
     return {**out, "cluster_id": nearest[:, 0].astype(np.int64), "cluster_similarity": similarity[:, 0]}
 

@@ -15,26 +15,32 @@ the threshold: datasketch's band choice keeps false positives and negatives low.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import ray.data
 from ray.data import Dataset
 from ray.data.aggregate import Min
 
 from alma_ray.config import DedupConfig
-
-_WORD = re.compile(r"\w+")
+from alma_ray.diversity import words
+from alma_ray.seeds import prompt_id
 
 
 def shingles(text: str, n: int) -> list[bytes]:
     """Word n-grams of the lower-cased text (a prompt shorter than ``n`` words is one shingle)."""
-    words = _WORD.findall(text.lower())
-    if len(words) <= n:
-        return [" ".join(words).encode()]
-    return list(dict.fromkeys(" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)))
+    tokens = words(text)
+    if len(tokens) <= n:
+        return [" ".join(tokens).encode()]
+    return list(dict.fromkeys(" ".join(tokens[i:i + n]).encode() for i in range(len(tokens) - n + 1)))
+
+
+def reference_rows(texts: list[str]) -> Dataset:
+    """Prompts to deduplicate against (seeds, an existing pool): negative ``order``, so they always win."""
+    return ray.data.from_pandas(pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "text": texts,
+                                              "order": -np.arange(1, len(texts) + 1, dtype=np.int64)}))
 
 
 @lru_cache(maxsize=8)

@@ -46,8 +46,9 @@ def clean(text: str) -> str:
     return text.strip()
 
 
-def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_chars: int) -> pd.DataFrame:
-    """Add ``text``, its ``prompt_id`` and ``reject`` (the first filter it fails, or "")."""
+def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_chars: int, source: str
+             ) -> pd.DataFrame:
+    """Add ``text``, its ``prompt_id`` and ``reject`` (the first filter it fails, or ""), with ``source``."""
     texts = [clean(t) for t in batch["response"]]
     reasons = []
     for t in texts:
@@ -68,7 +69,7 @@ def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_cha
             reasons.append("")
     return pd.DataFrame({
         "text": texts, "prompt_id": [prompt_id(t) for t in texts], "reject": reasons,
-        "synth_seed": batch["seed"], "request_index": batch["request_index"],
+        "synth_seed": batch["seed"], "request_index": batch["request_index"], "source": source,
     })
 
 
@@ -87,16 +88,11 @@ def synthesize_candidates(config: Config, *, base_model: str, seeds: list[str], 
         sampling=dict(temperature=syn.temperature, top_p=syn.top_p, max_tokens=syn.max_tokens, stop=[SLOT]),
         chat=False, completion_template="{prompt}", config=config,
         pool_size=config.resources.engines_per_checkpoint, seed_salt=salt, progress=progress)
-    source = f"synth:{config.base_model}"
-    seed_ids = {prompt_id(s) for s in [*seeds, *known]}
-
-    def classify_batch(batch: pd.DataFrame) -> pd.DataFrame:
-        out = classify(batch, seed_ids=seed_ids, min_chars=syn.min_chars,
-                       max_chars=syn.max_chars)
-        out["source"] = source
-        return out
-
-    return completions.map_batches(classify_batch, batch_format="pandas")
+    return completions.map_batches(
+        classify,  # type: ignore[arg-type]
+        fn_kwargs=dict(seed_ids={prompt_id(s) for s in [*seeds, *known]}, min_chars=syn.min_chars,
+                       max_chars=syn.max_chars, source=f"synth:{config.base_model}"),
+        batch_format="pandas")
 
 
 def filter_counts(candidates: Dataset) -> dict[str, int]:

@@ -52,7 +52,7 @@ def _bar_plot(path: Path, title: str, labels: list[str], series: dict[str, list[
         width = 0.8 / max(1, len(series))
         for i, (name, values) in enumerate(series.items()):
             ax.bar(np.arange(len(labels)) + i * width, values, width, label=name)
-        ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2, labels)
+        ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2, labels, rotation=15)
         if len(series) > 1:
             ax.legend()
 
@@ -119,7 +119,7 @@ def _round_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
         lines += _table(["metric", "cluster draw", "random draw"],
                         [[k, draws["cluster_draw"][k], draws["random_draw"][k]] for k in keys])
         plot = _bar_plot(round_dir / "report_diversity.png", "prompt diversity (sample)", keys,
-                         {name: [float(draws[name][k]) / max(1.0, float(draws["cluster_draw"][k])) for k in keys]
+                         {name: [float(draws[name][k]) / (float(draws["cluster_draw"][k]) or 1.0) for k in keys]
                           for name in ("cluster_draw", "random_draw")}, "relative to the cluster draw")
         lines += [f"![diversity]({plot})", ""]
     facts = []

@@ -103,6 +103,9 @@ class SynthesisConfig(_Section):
     max_tokens: int = Field(default=64, gt=0)
     min_chars: int = Field(default=12, ge=1)
     max_chars: int = Field(default=1000, gt=0)
+    keep_cut_off: bool = False
+    """Keep completions that reached max_tokens before the model ended its prompt (cut off mid-sentence);
+    by default they are rejected as ``cut_off``."""
     dedup: DedupConfig = DedupConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     clustering: ClusteringConfig = ClusteringConfig()

@@ -67,6 +67,34 @@ def _line_plot(path: Path, title: str, values: list[float], ylabel: str) -> str:
     return _plot(path, title, ylabel, draw)
 
 
+def _score_plot(stage_dir: Path, path: Path, title: str) -> str | None:
+    """The judge's mean 11-way distribution over the unflagged rows of a scores stage, beside the share of rows
+    whose real-valued score rounds to each rating; read batch by batch, so a round of any size fits."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    mass, rounded, rows = np.zeros(11), np.zeros(11), 0
+    for file in sorted(stage_dir.glob("*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(columns=["score", "score_dist", "judge_flag"]):
+            df = batch.to_pandas()
+            df = df[df.judge_flag == ""]
+            if len(df):
+                mass += np.stack(df.score_dist.to_list()).sum(0)
+                rounded += np.bincount(np.clip(np.rint(df.score.to_numpy()), 0, 10).astype(int), minlength=11)
+                rows += len(df)
+    if not rows:
+        return None
+
+    def draw(ax: Any) -> None:
+        ax.bar(np.arange(11) - 0.2, mass / rows, 0.4, label="mean p(rating)")
+        ax.bar(np.arange(11) + 0.2, rounded / rows, 0.4, label="real-valued score, rounded")
+        ax.set_xticks(np.arange(11))
+        ax.set_xlabel(f"rating ({rows} scored rows)")
+        ax.legend()
+
+    return _plot(path, title, "share", draw)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -92,7 +120,8 @@ def _pool_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
                           s["near_duplicate_of_seed"], ms["pool"].rows]])
     if "clusters" in ms:
         s = ms["clusters"].stats
-        hist = s["size_histogram"]
+        hist = s["size_histogram"]  # the manifest's keys come back sorted as text: order the bins by size
+        hist = {b: hist[b] for b in sorted(hist, key=lambda b: int(b.split("-")[0]))}
         plot = _bar_plot(round_dir / "report_cluster_sizes.png", f"cluster sizes (K={s['clusters']})",
                          list(hist), {"clusters": list(hist.values())}, "clusters")
         lines += ["## Clusters", "", f"K = {s['clusters']}, non-empty {s['nonempty_clusters']}, largest "
@@ -104,12 +133,16 @@ def _pool_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
         from alma_ray.recipes.judge import accuracy_table
 
         lines += ["## Judge: held-out pairwise accuracy", "", accuracy_table(ms["judge_eval"].stats["table"]), ""]
+    if "distill_scores" in ms and (score_plot := _score_plot(
+            round_dir / "distill_scores", round_dir / "report_judge_scores.png", "fine-tuned judge, distill pairs")):
+        lines += ["Self-distillation targets: the fine-tuned judge's scores of the distill pairs.", "",
+                  f"![judge scores]({score_plot})", ""]
     return lines
 
 
 def _round_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
     lines: list[str] = []
-    if "prompts" in ms:
+    if "prompts" in ms and "diversity" in ms["prompts"].stats:  # runs older than the pool have no draw metrics
         s = ms["prompts"].stats
         draws = s["diversity"]
         keys = [k for k in draws["cluster_draw"] if k != "prompts"]
@@ -130,6 +163,9 @@ def _round_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
         facts.append(["mean score, best of N", ms["selected"].stats.get("mean_best")])
     if facts:
         lines += ["## Scores", ""] + _table(["", "value"], facts)
+    if "scores" in ms and (score_plot := _score_plot(round_dir / "scores", round_dir / "report_scores.png",
+                                                     "judge scores of this round's responses")):
+        lines += [f"![judge scores]({score_plot})", ""]
     metrics_file = round_dir / "sft" / "train_metrics.json"
     if metrics_file.is_file():
         losses = json.loads(metrics_file.read_text()).get("losses") or []

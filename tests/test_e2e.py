@@ -94,6 +94,7 @@ def test_the_prompt_pool_is_filtered_deduplicated_embedded_and_clustered(tiny_ru
     assert prompts.cluster_id.is_unique and set(prompts.prompt_id) <= set(pool.prompt_id)
     report = (run_dir / "round_001" / "report.md").read_text()
     assert "cluster draw" in report and (run_dir / "round_001" / "report_diversity.png").is_file()
+    assert "![judge scores](report_scores.png)" in report and (run_dir / "round_001" / "report_scores.png").is_file()
     assert "filter yields" in (r0 / "report.md").read_text()
 
 

@@ -79,7 +79,7 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
 
     from alma_ray.engine import build_llm
     from alma_ray.stages.generate import stable_seed
-    from alma_ray.stages.synthesize import SLOT, fewshot_requests
+    from alma_ray.stages.synthesize import STOP, fewshot_requests
 
     config = _config(args.model, requests=args.requests, threads=args.threads)
     syn = config.synthesis
@@ -88,7 +88,7 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
     tok = llm.get_tokenizer()
     requests = fewshot_requests({"id": np.arange(args.requests)}, seeds=_seeds(config), k=syn.k_shot, salt=salt)
     params = [SamplingParams(n=1, seed=stable_seed(salt, "base", pid), logprobs=0, temperature=syn.temperature,
-                             top_p=syn.top_p, max_tokens=syn.max_tokens, stop=[SLOT])
+                             top_p=syn.top_p, max_tokens=syn.max_tokens, stop=STOP)
               for pid in requests["prompt_id"]]
     ids = [tok.encode(p, add_special_tokens=True) for p in requests["prompt"]]
     fits = [i for i, x in enumerate(ids) if len(x) <= config.engine.max_model_len - syn.max_tokens]  # as the pipeline

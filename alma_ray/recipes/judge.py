@@ -54,7 +54,7 @@ def _write_rows(rows: list[dict[str, Any]], out: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), out / "part-0.parquet")
 
 
-def _judge_config(config: Config, build: JudgeBuildConfig) -> Config:
+def judge_train_config(config: Config, build: JudgeBuildConfig) -> Config:
     """The training settings of the judge (its own epochs and lr; the judge prompt needs a long context)."""
     train = config.train.model_copy(update={"epochs": build.epochs, "lr": build.lr,
                                             "max_seq_len": config.engine.max_model_len, "bucket_window": 1})
@@ -77,7 +77,7 @@ def build_judge(config: Config, store: RunStore, *, base: str, judge_start: str,
     held-out accuracy table."""
     build = config.judge.build
     assert build is not None
-    tconfig = _judge_config(config, build)
+    tconfig = judge_train_config(config, build)
 
     def write_annotations(out: Path) -> StageOutput:
         rows = _annotations(build, config.seed)
@@ -98,7 +98,8 @@ def build_judge(config: Config, store: RunStore, *, base: str, judge_start: str,
     def write_sft(out: Path) -> StageOutput:
         rows = ray.data.from_items([{"prompt": r["prompt"], "response": r["response"], "target": t}
                                     for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
-        metrics = fit(rows, tconfig, objective="judge", model=judge_start, out_dir=out, seed=config.train.seed)
+        metrics = fit(rows, tconfig, objective="judge", model=judge_start, out_dir=out, seed=config.train.seed,
+                      run_name=f"judge_sft-{config.train.seed}")
         return StageOutput(rows=len(train_rows), stats={k: v for k, v in metrics.items() if k != "losses"})
 
     sft = add(store.run_stage(ROUND, "judge_sft", write_sft, {"annotations": annotations.manifest}))
@@ -106,22 +107,13 @@ def build_judge(config: Config, store: RunStore, *, base: str, judge_start: str,
 
     if build.distill_pairs:
         def write_pairs(out: Path) -> StageOutput:
-            chosen = [seed_prompts[i % len(seed_prompts)] for i in range(build.distill_pairs)]
-            prompts = ray.data.from_items([{"round": ROUND, "prompt_id": prompt_id(p) + f"-{i}", "prompt": p}
-                                           for i, p in enumerate(chosen)])
-            sampling = config.generation.sampling(Checkpoint(name="base", model=base))  # the section's settings
-            ds = sample_pool(prompts, model=base, checkpoint="base", n=1, sampling=sampling, chat=None,
-                             config=config, pool_size=1, seed_salt=f"{config.seed}:judge:distill")
-            ds.write_parquet(str(out))
+            distill_pairs(config, base=base, seed_prompts=seed_prompts, m=build.distill_pairs).write_parquet(str(out))
             return StageOutput(rows=parquet_rows(out), stats={})
 
         pairs = add(store.run_stage(ROUND, "distill_pairs", write_pairs, {"judge_sft": sft.manifest}))
 
         def write_scores(out: Path) -> StageOutput:
-            members = {"sft": judge}
-            scoring = _serving(config, members)
-            with judge_service(scoring, members):
-                judge_responses(ray.data.read_parquet(str(pairs.path)), scoring).write_parquet(str(out))
+            score_pairs(config, judge, pairs.path, out)
             scored = pq.read_table(out, columns=["judge_flag", "score"]).to_pandas()
             return StageOutput(rows=len(scored), stats={"flagged": int((scored.judge_flag != "").sum()),
                                                         "mean_score": float(scored.score.mean())})
@@ -129,18 +121,9 @@ def build_judge(config: Config, store: RunStore, *, base: str, judge_start: str,
         scores = add(store.run_stage(ROUND, "distill_scores", write_scores, {"distill_pairs": pairs.manifest}))
 
         def write_distill(out: Path) -> StageOutput:
-            scored = pq.read_table(scores.path, columns=["prompt", "response", "score", "score_dist",
-                                                         "judge_flag"]).to_pylist()
-            rows = []
-            for r in scored:
-                if r["judge_flag"]:
-                    continue
-                dist = np.asarray(r["score_dist"], dtype=np.float32)
-                target = dist / dist.sum() if build.distill_target == "distribution" \
-                    else one_hot_ratings([int(round(r["score"]))])[0]
-                rows.append({"prompt": r["prompt"], "response": r["response"], "target": target})
+            rows = distill_rows(scores.path, build.distill_target)
             metrics = fit(ray.data.from_items(rows), tconfig, objective="judge", model=judge, out_dir=out,
-                          seed=config.train.seed)
+                          seed=config.train.seed, run_name=f"judge_distill-{config.train.seed}")
             return StageOutput(rows=len(rows), stats={"target": build.distill_target,
                                                       **{k: v for k, v in metrics.items() if k != "losses"}})
 
@@ -152,30 +135,70 @@ def build_judge(config: Config, store: RunStore, *, base: str, judge_start: str,
         trained = {"judge_sft": sft.manifest}
 
     def write_eval(out: Path) -> StageOutput:
-        pairs = preference_pairs(held_rows)
-        texts = sorted({(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")})
         members = {"base": judge_start, "sft": judge, **({"distilled": final} if final != judge else {})}
-        scoring = _serving(config, members)
-        with judge_service(scoring, members):  # held-out pairs only: small enough to collect
-            scored = judge_responses(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
-                                     scoring).take_all()
-        lookup = {(r["prompt"], r["response"]): r for r in scored}
-        rows = []
-        for member in members:
-            for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores")):
-                def value(prompt: str, response: str, member: str = member, key: str = key) -> float:
-                    v = float(lookup[(prompt, response)][key][member])
-                    return float("nan") if (key == "member_score_ints" and v < 0) else v
-
-                acc = pairwise_accuracy(np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
-                                        np.array([value(p["prompt"], p["rejected"]) for p in pairs]))
-                rows.append({"judge": member, "scores": kind, **acc.row()})
+        rows = heldout_accuracy(config, members, held_rows)
         _write_rows(rows, out)
         (out / "accuracy.json").write_text(json.dumps(rows, indent=1))
         return StageOutput(rows=len(rows), stats={"table": rows})
 
     evaluated = add(store.run_stage(ROUND, "judge_eval", write_eval, trained))
     return final, evaluated.manifest.stats["table"]
+
+
+def distill_pairs(config: Config, *, base: str, seed_prompts: list[str], m: int) -> ray.data.Dataset:
+    """``m`` synthetic pairs for self-distillation: seed prompts (cycled) answered by the base model."""
+    chosen = [seed_prompts[i % len(seed_prompts)] for i in range(m)]
+    prompts = ray.data.from_items([{"round": ROUND, "prompt_id": prompt_id(p) + f"-{i}", "prompt": p}
+                                   for i, p in enumerate(chosen)])
+    sampling = config.generation.sampling(Checkpoint(name="base", model=base))  # the section's settings
+    return sample_pool(prompts, model=base, checkpoint="base", n=1, sampling=sampling, chat=None,
+                       config=config, pool_size=1, seed_salt=f"{config.seed}:judge:distill")
+
+
+def score_pairs(config: Config, judge: str, pairs: Path, out: Path) -> None:
+    """Score the (prompt, response) rows at ``pairs`` with the judge folder ``judge`` on Serve; write to ``out``."""
+    members = {"sft": judge}
+    scoring = _serving(config, members)
+    with judge_service(scoring, members):
+        judge_responses(ray.data.read_parquet(str(pairs)), scoring).write_parquet(str(out))
+
+
+def distill_rows(scores: Path, target: str) -> list[dict[str, Any]]:
+    """Training rows from the judge's scores of the distill pairs (flagged rows left out): the target is the
+    judge's 11-way distribution as soft labels (``distribution``) or its expected score rounded (``rounded``)."""
+    scored = pq.read_table(scores, columns=["prompt", "response", "score", "score_dist", "judge_flag"]).to_pylist()
+    rows = []
+    for r in scored:
+        if r["judge_flag"]:
+            continue
+        dist = np.asarray(r["score_dist"], dtype=np.float32)
+        label = dist / dist.sum() if target == "distribution" else one_hot_ratings([int(round(r["score"]))])[0]
+        rows.append({"prompt": r["prompt"], "response": r["response"], "target": label})
+    return rows
+
+
+def heldout_accuracy(config: Config, members: dict[str, str], held_rows: list[dict[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    """Pairwise accuracy on the held-out preference pairs of every judge in ``members`` (name -> folder),
+    integer (the most likely rating) and real-valued, scored in one Serve app with all of them as members."""
+    pairs = preference_pairs(held_rows)
+    texts = sorted({(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")})
+    scoring = _serving(config, members)
+    with judge_service(scoring, members):  # held-out pairs only: small enough to collect
+        scored = judge_responses(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
+                                 scoring).take_all()
+    lookup = {(r["prompt"], r["response"]): r for r in scored}
+    rows = []
+    for member in members:
+        for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores")):
+            def value(prompt: str, response: str, member: str = member, key: str = key) -> float:
+                v = float(lookup[(prompt, response)][key][member])
+                return float("nan") if (key == "member_score_ints" and v < 0) else v
+
+            acc = pairwise_accuracy(np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
+                                    np.array([value(p["prompt"], p["rejected"]) for p in pairs]))
+            rows.append({"judge": member, "scores": kind, **acc.row()})
+    return rows
 
 
 def accuracy_table(rows: list[dict[str, Any]]) -> str:

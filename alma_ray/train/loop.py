@@ -347,15 +347,17 @@ def _tokenize(examples: Dataset, config: Config, train: TrainConfig, *, objectiv
 
 
 def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, out_dir: Path, seed: int,
-        reference: str | None = None, heldout: Dataset | None = None) -> dict[str, Any]:
+        reference: str | None = None, heldout: Dataset | None = None, run_name: str | None = None
+        ) -> dict[str, Any]:
     """Train ``model`` with ``objective`` on ``examples`` and write the result as an HF folder in ``out_dir``.
 
     Columns: ``prompt, response`` for ``sft``; ``prompt, chosen, rejected`` for ``dpo`` and ``reward``;
     ``prompt, response, target`` for ``judge`` (target: 11 probabilities over the ratings 0..10). DPO's
     frozen reference is ``reference`` (default: ``model``, the usual choice). ``heldout`` rows (same columns)
     are evaluated after training: ``heldout_loss`` and the objective's figures, e.g. ``heldout_pair_accuracy``
-    for the reward model. Returns the metrics written to ``out_dir/train_metrics.json`` (loss curve, tokens/s
-    and the objective's own figures).
+    for the reward model. ``run_name`` names the Ray Train run, whose checkpoints a rerun resumes from (default:
+    ``<objective>-<out_dir's folder>-<seed>``; give two trainings that share a folder their own). Returns the
+    metrics written to ``out_dir/train_metrics.json`` (loss curve, tokens/s and the objective's own figures).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -373,7 +375,7 @@ def fit(examples: Dataset, config: Config, *, objective: Objective, model: str, 
                                      resources_per_worker=None if res.use_gpu
                                      else {"CPU": res.cpus_per_train_worker}),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
-        run_config=RunConfig(name=f"{objective}-{out_dir.parent.name}-{seed}",
+        run_config=RunConfig(name=run_name or f"{objective}-{out_dir.parent.name}-{seed}",
                              storage_path=str(out_dir.parent.parent.resolve() / "ray_train"),
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

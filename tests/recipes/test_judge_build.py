@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from alma_ray.config import Config
-from alma_ray.recipes.judge import accuracy_table, build_judge
+from alma_ray.recipes.judge import accuracy_table, build_judge, distill_rows
 from alma_ray.store import RunStore, StageResult
 
 
@@ -51,7 +51,26 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
     sft_real = next(r for r in table if r["judge"] == "sft" and r["scores"] == "real-valued")
     assert sft_real["accuracy"] >= 4 / 6, accuracy_table(table)  # the fine-tuned judge ranks held-out pairs
     assert "| sft | real-valued | 6 |" in accuracy_table(table)
+    runs = {p.name for p in (tmp_path / "judge-test" / "ray_train").iterdir()}
+    assert {"judge_sft-0", "judge_distill-0"} <= runs  # each training resumes only from its own checkpoints
 
     results.clear()
     build_judge(config, store, base=tiny_model, judge_start=tiny_model, seed_prompts=["say rain"], add=add)
     assert all(r.skipped for r in results) and len(results) == 6
+
+
+def test_distill_targets_are_the_judges_distribution_or_its_rounded_expectation(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    dist = np.zeros(11)
+    dist[[3, 9]] = [0.3, 0.5]  # unnormalized: 0.2 of the mass sat on tokens that are not ratings
+    scored = {"prompt": ["p", "p", "q"], "response": ["a", "b", ""], "score": [6.75, 2.0, float("nan")],
+              "score_dist": [dist.tolist(), np.eye(11)[2].tolist(), [0.0] * 11],
+              "judge_flag": ["", "", "empty_response"]}
+    pq.write_table(pa.table(scored), tmp_path / "scores.parquet")
+    soft = distill_rows(tmp_path, "distribution")
+    hard = distill_rows(tmp_path, "rounded")
+    assert [r["response"] for r in soft] == [r["response"] for r in hard] == ["a", "b"]  # flagged rows left out
+    np.testing.assert_allclose(soft[0]["target"], dist / 0.8, rtol=1e-6)
+    assert int(np.argmax(hard[0]["target"])) == 7 and hard[0]["target"].sum() == 1  # round(6.75) = 7, one-hot
+    np.testing.assert_allclose(soft[1]["target"], hard[1]["target"])

@@ -1,0 +1,106 @@
+"""``make measure-distill``: which self-distillation target makes the better judge (``judge.build.distill_target``).
+
+A quality measurement, not a speed one. From a finished judge build (a run directory with ``annotations`` and
+``judge_sft``, e.g. the laptop judge build of docs/judge.md), with the recipe's own functions:
+
+1. the base model answers ``--pairs`` few-shot-pool seed prompts (``distill_pairs``);
+2. the fine-tuned judge scores them on Serve, keeping each row's 11-way distribution (``score_pairs``);
+3. training continues from the fine-tuned judge twice, on the same rows, steps and seed, once per target form:
+   ``distribution`` (the judge's distribution as soft labels) and ``rounded`` (the expected score rounded, one-hot);
+4. the fine-tuned judge and both distilled ones are scored on the held-out preference pairs in one Serve app
+   (``heldout_accuracy``), integer and real-valued.
+
+Everything is written under ``<run_dir>/measure_distill/pairs_<N>/`` (a step whose output is there is not
+redone). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("distribution", "rounded")
+
+
+def _step(out: Path, write: Any) -> Path:
+    """Run ``write(tmp)`` unless ``out`` exists; the result appears at ``out`` only when complete."""
+    if not out.exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m alma_ray.bench.distill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a run directory whose round_000 holds annotations and judge_sft")
+    p.add_argument("--pairs", type=int, default=64, help="synthetic pairs to distill on (ALMA: 20k)")
+    args = p.parse_args(argv)
+    r0 = args.run_dir / "round_000"
+    for stage in ("annotations", "judge_sft"):
+        if not (r0 / stage / "_MANIFEST.json").exists():
+            sys.exit(f"{r0 / stage} is missing or unfinished: build the judge first "
+                     "(alma-ray run --config <preset with judge.build> rounds=0)")
+
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from alma_ray.config import JudgeBuildConfig, load_config
+    from alma_ray.models.registry import resolve_model
+    from alma_ray.placement import plan_resources
+    from alma_ray.recipes.judge import (
+        accuracy_table,
+        distill_pairs,
+        distill_rows,
+        heldout_accuracy,
+        judge_train_config,
+        score_pairs,
+    )
+    from alma_ray.runtime import init_ray
+    from alma_ray.seeds import load_seeds
+    from alma_ray.stages.synthesize import heldout_and_pool
+    from alma_ray.train.loop import fit
+
+    config = load_config(args.run_dir / "config.yaml")
+    build = config.judge.build or JudgeBuildConfig()
+    init_ray(plan_resources(config))
+    base, sft = resolve_model(config.base_model), str(r0 / "judge_sft")
+    seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
+                       max_chars=config.synthesis.max_seed_chars).prompts
+    _, pool = heldout_and_pool(seeds, heldout=config.synthesis.heldout, seed=config.seed)
+    out = args.run_dir / "measure_distill" / f"pairs_{args.pairs}"
+
+    pairs = _step(out / "pairs", lambda d: distill_pairs(config, base=base, seed_prompts=pool, m=args.pairs)
+                  .write_parquet(str(d)))
+    scores = _step(out / "scores", lambda d: score_pairs(config, sft, pairs, d))
+    tconfig = judge_train_config(config, build)
+    trained: dict[str, dict[str, Any]] = {}
+    for target in TARGETS:
+        folder = _step(out / target, lambda d, t=target: fit(
+            ray.data.from_items(distill_rows(scores, t)), tconfig, objective="judge", model=sft, out_dir=d,
+            seed=config.train.seed, run_name=f"distill-{t}-{args.pairs}-{config.train.seed}"))
+        trained[target] = json.loads((folder / "train_metrics.json").read_text())
+
+    held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]
+    members = {"sft": sft, **{t: str(out / t) for t in TARGETS}}
+    table = heldout_accuracy(config, members, held)
+    (out / "accuracy.json").write_text(json.dumps(table, indent=1))
+    print(accuracy_table(table))
+    figures: dict[str, Any] = {"bench": "distill_target", "run_dir": str(args.run_dir), "pairs": args.pairs,
+                               "heldout_pairs": table[0]["pairs"], "steps": trained[TARGETS[0]]["steps"]}
+    for r in table:
+        kind = "int" if r["scores"] == "integer" else "real"
+        figures[f"{r['judge']}_{kind}"] = r["accuracy"]
+        figures[f"{r['judge']}_{kind}_ties"] = r["ties"]
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory whose round_000 holds annotations and judge_sft")
     p.add_argument("--pairs", type=int, default=64, help="synthetic pairs to distill on (ALMA: 20k)")
     args = p.parse_args(argv)
+    args.run_dir = args.run_dir.resolve()  # Ray Train workers do not run in this directory
     r0 = args.run_dir / "round_000"
     for stage in ("annotations", "judge_sft"):
         if not (r0 / stage / "_MANIFEST.json").exists():

@@ -10,31 +10,19 @@ A quality measurement, not a speed one. From a finished judge build (a run direc
 4. the fine-tuned judge and both distilled ones are scored on the held-out preference pairs in one Serve app
    (``heldout_accuracy``), integer and real-valued.
 
-Everything is written under ``<run_dir>/measure_distill/pairs_<N>/`` (a step whose output is there is not
-redone). The last line is one JSON object.
+Each step is a stage of a run store at ``<run_dir>/measure_distill/pairs_<N>/`` (committed atomically with its
+manifest; a rerun skips what is done). The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 TARGETS = ("distribution", "rounded")
-
-
-def _step(out: Path, write: Any) -> Path:
-    """Run ``write(tmp)`` unless ``out`` exists; the result appears at ``out`` only when complete."""
-    if not out.exists():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write(tmp)
-        tmp.rename(out)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     from alma_ray.runtime import init_ray
     from alma_ray.seeds import load_seeds
     from alma_ray.stages.synthesize import heldout_and_pool
+    from alma_ray.store import RunStore, StageOutput, parquet_rows
     from alma_ray.train.loop import fit
 
     config = load_config(args.run_dir / "config.yaml")
@@ -76,26 +65,36 @@ def main(argv: list[str] | None = None) -> None:
     seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
                        max_chars=config.synthesis.max_seed_chars).prompts
     _, pool = heldout_and_pool(seeds, heldout=config.synthesis.heldout, seed=config.seed)
-    out = args.run_dir / "measure_distill" / f"pairs_{args.pairs}"
+    store = RunStore(args.run_dir / "measure_distill" / f"pairs_{args.pairs}", config.digest(), config.to_yaml())
 
-    pairs = _step(out / "pairs", lambda d: distill_pairs(config, base=base, seed_prompts=pool, m=args.pairs)
-                  .write_parquet(str(d)))
-    scores = _step(out / "scores", lambda d: score_pairs(config, sft, pairs, d))
+    def write_pairs(out: Path) -> StageOutput:
+        distill_pairs(config, base=base, seed_prompts=pool, m=args.pairs).write_parquet(str(out))
+        return StageOutput(rows=parquet_rows(out))
+
+    def write_scores(out: Path) -> StageOutput:
+        score_pairs(config, sft, pairs.path, out)
+        return StageOutput(rows=parquet_rows(out))
+
+    pairs = store.run_stage(0, "pairs", write_pairs)
+    scores = store.run_stage(0, "scores", write_scores, {"pairs": pairs.manifest})
     tconfig = judge_train_config(config, build)
-    trained: dict[str, dict[str, Any]] = {}
+    trained = {}
     for target in TARGETS:
-        folder = _step(out / target, lambda d, t=target: fit(
-            ray.data.from_items(distill_rows(scores, t)), tconfig, objective="judge", model=sft, out_dir=d,
-            seed=config.train.seed, run_name=f"distill-{t}-{args.pairs}-{config.train.seed}"))
-        trained[target] = json.loads((folder / "train_metrics.json").read_text())
+        def write_judge(out: Path, target: str = target) -> StageOutput:
+            rows = distill_rows(scores.path, target)
+            metrics = fit(ray.data.from_items(rows), tconfig, objective="judge", model=sft, out_dir=out,
+                          seed=config.train.seed, run_name=f"distill-{target}-{args.pairs}-{config.train.seed}")
+            return StageOutput(rows=len(rows), stats={"steps": metrics["steps"]})
+
+        trained[target] = store.run_stage(0, target, write_judge, {"scores": scores.manifest})
 
     held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]
-    members = {"sft": sft, **{t: str(out / t) for t in TARGETS}}
+    members = {"sft": sft, **{t: str(result.path) for t, result in trained.items()}}
     table = heldout_accuracy(config, members, held)
-    (out / "accuracy.json").write_text(json.dumps(table, indent=1))
+    (store.run_dir / "accuracy.json").write_text(json.dumps(table, indent=1))
     print(accuracy_table(table))
     figures: dict[str, Any] = {"bench": "distill_target", "run_dir": str(args.run_dir), "pairs": args.pairs,
-                               "heldout_pairs": table[0]["pairs"], "steps": trained[TARGETS[0]]["steps"]}
+                               "heldout_pairs": table[0]["pairs"], "steps": trained[TARGETS[0]].manifest.stats["steps"]}
     for r in table:
         kind = "int" if r["scores"] == "integer" else "real"
         figures[f"{r['judge']}_{kind}"] = r["accuracy"]

@@ -63,6 +63,9 @@ class DedupConfig(_Section):
 class EmbeddingConfig(_Section):
     """Prompt embeddings from the base model's hidden states (for clustering and diversity metrics)."""
 
+    backend: Literal["vllm", "transformers"] = "vllm"
+    """vLLM's pooling runner (default: 2.2x the transformers prompts/s on the laptop base model, the same vectors;
+    docs/prompts.md), or the transformers backbone, which can pool any layer."""
     layer: int = -1
     """Hidden-state layer: 0 is the token embeddings, -1 (default) the last layer, after the final norm."""
     pooling: Literal["mean", "last"] = "mean"
@@ -70,6 +73,13 @@ class EmbeddingConfig(_Section):
     max_tokens: int = Field(default=128, ge=8)
     """Prompt tokens embedded (longer prompts are cut)."""
     batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _layer_needs_transformers(self) -> EmbeddingConfig:
+        if self.backend == "vllm" and self.layer != -1:
+            raise ValueError(f"synthesis.embedding.layer={self.layer} needs synthesis.embedding.backend="
+                             "transformers: vLLM's pooling runner exposes only the last layer")
+        return self
 
 
 class ClusteringConfig(_Section):

@@ -41,8 +41,9 @@ def actor_remote_args(engine: EngineConfig, *, use_gpu: bool, cpus: float) -> di
     return args
 
 
-def build_llm(model_path: str, engine: EngineConfig, *, use_gpu: bool, seed: int = 0) -> LLM:
-    """One vLLM engine for ``model_path`` (an HF folder or hub id)."""
+def build_llm(model_path: str, engine: EngineConfig, *, use_gpu: bool, seed: int = 0, **extra: Any) -> LLM:
+    """One vLLM engine for ``model_path`` (an HF folder or hub id); ``extra`` goes to ``vllm.LLM`` as is (e.g.
+    ``runner="pooling"`` for embeddings)."""
     for key, value in engine_env(engine, use_gpu=use_gpu, cpus=float(os.environ.get("OMP_NUM_THREADS", 1))).items():
         os.environ.setdefault(key, value)
     from vllm import LLM
@@ -52,6 +53,7 @@ def build_llm(model_path: str, engine: EngineConfig, *, use_gpu: bool, seed: int
         max_model_len=engine.max_model_len,
         seed=seed,
         max_logprobs=20,
+        **extra,
     )
     if use_gpu:
         kwargs.update(dtype="bfloat16" if engine.dtype == "auto" else engine.dtype,

@@ -53,8 +53,8 @@ def _bar_plot(path: Path, title: str, labels: list[str], series: dict[str, list[
         for i, (name, values) in enumerate(series.items()):
             ax.bar(np.arange(len(labels)) + i * width, values, width, label=name)
         ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2, labels, rotation=15)
-        if len(series) > 1:
-            ax.legend()
+        if len(series) > 1:  # under the axis: the bars may all reach the top
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=len(series), frameon=False)
 
     return _plot(path, title, ylabel, draw)
 

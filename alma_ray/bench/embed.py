@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -27,7 +26,6 @@ from typing import Any
 
 from alma_ray.bench import bench_args, run_bare_arm
 from alma_ray.config import EmbeddingConfig, EngineConfig
-from alma_ray.engine import engine_env
 
 DEFAULT_PROMPTS = ["embedded:mt-bench", "embedded:ifbench", "embedded:writingbench"]
 
@@ -48,10 +46,7 @@ def _embed(args: argparse.Namespace, prompts: list[str], cfg: EmbeddingConfig) -
     t0 = time.time()
     actor: Embedder | VLLMEmbedder
     if cfg.backend == "vllm":
-        engine = EngineConfig(dtype="float32", kv_cache_gb=2)
-        for key, value in engine_env(engine, use_gpu=False, cpus=args.threads).items():
-            os.environ.setdefault(key, value)
-        actor = VLLMEmbedder(args.model, cfg=cfg, engine=engine, use_gpu=False)
+        actor = VLLMEmbedder(args.model, cfg=cfg, engine=EngineConfig(dtype="float32", kv_cache_gb=2), use_gpu=False)
     else:
         actor = Embedder(args.model, cfg=cfg, use_gpu=False)
     batches = [np.array(prompts[i:i + cfg.batch_size], dtype=object) for i in range(0, len(prompts), cfg.batch_size)]
@@ -82,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="JSONL/parquet files with a 'prompt' column, or embedded:<set> (default: the three "
                    "packaged seed sets); a pool's parquet files work too")
     p.add_argument("--count", type=int, default=2048, help="prompts to embed, cycling the sources (0: each once)")
-    p.add_argument("--batch", type=int, default=EmbeddingConfig().batch_size, help="transformers batch size")
+    p.add_argument("--batch", type=int, default=EmbeddingConfig().batch_size,
+                   help="prompts per actor call, both arms (embedding.batch_size)")
     p.add_argument("--max-tokens", type=int, default=EmbeddingConfig().max_tokens, help="prompt tokens embedded")
     p.add_argument("--threads", type=int, default=2, help="OpenMP threads per arm")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers", help=argparse.SUPPRESS)

@@ -64,16 +64,15 @@ class Embedder:
 
 
 class VLLMEmbedder:
-    """Ray Data actor (vLLM pooling runner), the same contract as ``Embedder`` for the last layer."""
+    """Ray Data actor (vLLM pooling runner), the same contract as ``Embedder`` for the last layer (the config
+    refuses any other layer with this backend)."""
 
     def __init__(self, model: str, *, cfg: EmbeddingConfig, engine: EngineConfig, use_gpu: bool) -> None:
         from vllm.config import PoolerConfig
 
-        if cfg.layer != -1:
-            raise ValueError(f"synthesis.embedding.layer={cfg.layer} needs backend=transformers")
         self.llm = build_llm(model, engine, use_gpu=use_gpu, runner="pooling", convert="embed",
                              pooler_config=PoolerConfig(seq_pooling_type="MEAN" if cfg.pooling == "mean" else "LAST",
-                                                        use_activation=True))
+                                                        use_activation=True))  # activation = L2 normalization
         self.tokenizer = self.llm.get_tokenizer()
         self.max_tokens = min(cfg.max_tokens, engine.max_model_len)
 
@@ -83,8 +82,7 @@ class VLLMEmbedder:
         ids = [TokensPrompt(prompt_token_ids=self.tokenizer(str(t), truncation=True, max_length=self.max_tokens)
                             .input_ids) for t in batch["prompt"]]
         outputs = self.llm.embed(ids, use_tqdm=False)
-        vectors = np.array([o.outputs.embedding for o in outputs], dtype=np.float32)
-        return {**batch, "embedding": vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)}
+        return {**batch, "embedding": np.array([o.outputs.embedding for o in outputs], dtype=np.float32)}
 
 
 def embed_prompts(prompts: Dataset, config: Config, *, model: str) -> Dataset:

@@ -1,4 +1,5 @@
-"""``alma-ray``: run the recipe, prepare the embedded models, inspect a config.
+"""``alma-ray``: run a recipe (``recipe:`` in the config; ALMA by default), prepare the embedded models, inspect a
+config.
 
 Examples::
 
@@ -17,12 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from alma_ray.config import ConfigError, load_config
-from alma_ray.models.registry import EMBEDDED, ModelError, cache_dir, prepare_embedded
-from alma_ray.recipes.alma import EmptyStageError
-from alma_ray.seeds import SeedError
-from alma_ray.stages.cluster import PoolTooSmallError
-from alma_ray.store import StoreError
+from alma_ray.config import load_config
+from alma_ray.errors import AlmaError
+from alma_ray.models.registry import EMBEDDED, cache_dir, prepare_embedded
 
 OVERRIDES_HELP = "config overrides as key=value (YAML values), e.g. generation.n=8 train.zero_stage=3"
 
@@ -32,9 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run (or resume) the ALMA recipe described by a config",
-                         description="Run every round of the recipe. Stages already written to the run directory "
-                                     "are skipped, so rerunning resumes. The last line printed is a JSON summary.")
+    run = sub.add_parser("run", help="run (or resume) the recipe a config describes",
+                         description="Run every stage of the recipe the config names (recipe: alma by default). "
+                                     "Stages already written to the run directory are skipped, so rerunning "
+                                     "resumes. The plan is printed first; the last line printed is a JSON summary.")
     run.add_argument("--config", required=True, help="YAML preset, e.g. jobs/configs/laptop.yaml")
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
@@ -46,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="inspect a config")
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = cfg_sub.add_parser("show", help="print the resolved config and its placement plan")
+    show = cfg_sub.add_parser("show", help="print the resolved config and its plan (stages and placement)")
     show.add_argument("--config", required=True)
     show.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
@@ -62,13 +61,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from alma_ray.placement import plan_resources
-    from alma_ray.recipes.alma import run_alma
+    from alma_ray.recipes import recipe_for
+    from alma_ray.recipes.base import open_store
     from alma_ray.runtime import init_ray
 
     config = load_config(args.config, args.overrides)
-    init_ray(plan_resources(config), args.address)
-    summary = run_alma(config)
+    recipe = recipe_for(config)
+    plan = recipe.plan(config)
+    print(plan.describe())
+    init_ray(plan, args.address)
+    summary = recipe.run(config, open_store(config), print)
     result = summary.json()
     print(f"\nrun finished in {summary.wall_s:.1f} s; outputs in {summary.run_dir}")
     print(json.dumps(result))
@@ -81,21 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
-            from alma_ray.report import write_report
+            from alma_ray.recipes import config_of, recipe_for
 
-            rounds = sorted(Path(args.run_dir).glob("round_[0-9][0-9][0-9]"))
-            if not rounds:
-                print(f"alma-ray: error: no round_NNN directories in {args.run_dir}", file=sys.stderr)
+            run_dir = Path(args.run_dir)
+            if not (run_dir / "config.yaml").is_file() or not any(run_dir.glob("round_[0-9][0-9][0-9]")):
+                print(f"alma-ray: error: {run_dir} is not a run directory (no config.yaml and round_NNN "
+                      "directories)", file=sys.stderr)
                 return 2
-            for round_dir in rounds:
-                print(write_report(round_dir))
+            for path in recipe_for(config_of(run_dir)).report(run_dir):
+                print(path)
             return 0
         if args.command == "config":
-            from alma_ray.placement import plan_resources
+            from alma_ray.recipes import recipe_for
 
             config = load_config(args.config, args.overrides)
             print(config.to_yaml())
-            print(plan_resources(config).describe())
+            print(recipe_for(config).plan(config).describe())
             return 0
         if args.action == "prepare":
             for name in args.names or list(EMBEDDED):
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             state = "prepared" if (cache_dir() / "models" / name / ".complete").exists() else "not prepared"
             print(f"embedded:{name:<24} {state:<13} {about}")
         return 0
-    except (ConfigError, ModelError, SeedError, StoreError, EmptyStageError, PoolTooSmallError) as e:
+    except AlmaError as e:
         print(f"alma-ray: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,10 @@
-"""One typed schema for a run: defaults live here and nowhere else.
+"""Typed schemas for a run, one per recipe: defaults live here and nowhere else.
 
 A run is described by a YAML preset (``jobs/configs/*.yaml``) plus ``key=value`` overrides from the command
-line (``generation.n=8``, ``train.zero_stage=3``). Unknown keys and bad values stop the run before any work
-starts, with a message that names the file and the key.
+line (``generation.n=8``, ``train.zero_stage=3``). ``recipe:`` selects the schema (``alma``, the default);
+``RunConfig`` holds the sections every recipe shares (models, engine, resources, train, output) and each recipe's
+schema adds its own. Unknown keys and bad values stop the run before any work starts, with a message that names
+the file and the key. Stages take the sections they use, never the root.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alma_ray.errors import AlmaError
 
 LATEST = "latest"
 """A generation checkpoint whose model is ``latest`` samples the previous round's SFT model (absent in round 1)."""
@@ -27,7 +31,7 @@ def names_run_model(model: str) -> bool:
     return model == LATEST or model.startswith(ROUND_ONE)
 
 
-class ConfigError(ValueError):
+class ConfigError(AlmaError, ValueError):
     """A config that cannot be used; the message says which file/key and what to change."""
 
 
@@ -135,6 +139,8 @@ class GenerationConfig(_Section):
     too_long: Literal["skip", "truncate"] = "skip"
     """A prompt that leaves no room for max_tokens in the context: 'skip' writes its rows with an empty response
     and finish_reason 'prompt_too_long'; 'truncate' cuts the prompt's tail to fit. Counted in the manifest."""
+    probe_temperature: float = Field(default=0.0, ge=0)
+    """Sampling temperature of each round's probe answers to the held-out prompts (0: greedy)."""
 
     def sampling(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """The vLLM sampling settings of one checkpoint: its own where set, else this section's."""
@@ -166,7 +172,7 @@ class JudgeBuildConfig(_Section):
     """Build the judge before round 1 (ALMA): fine-tune ``judge.model`` on annotations, self-distill, evaluate."""
 
     annotations: str = "embedded:mt-bench-synthetic"
-    """(prompt, response, score 0..10) rows: a JSONL/parquet file, or the synthetic demo set (alma_ray.annotations)."""
+    """(prompt, response, score 0..10) rows: a JSONL/parquet file, or the synthetic demo set (alma_ray.judge.annotations)."""
     heldout: float = Field(default=0.25, gt=0, lt=1)
     """Share of the annotations' questions held out as preference pairs for the accuracy table."""
     epochs: int = Field(default=2, ge=1)
@@ -242,11 +248,11 @@ class TrainConfig(_Section):
     max_failures: int = Field(default=1, ge=0)
     """Worker-group restarts Ray Train may make; each resumes from the latest checkpoint."""
     dpo_beta: float = Field(default=0.1, gt=0)
+    """DPO's beta: how far the policy may move from the frozen reference."""
     dpo_reference: Literal["online", "precomputed"] = "precomputed"
     """DPO's frozen reference log-probs: computed in each training step by a reference model on every worker
     ("online"), or once per run in a Ray Data pass before training ("precomputed"; frees the workers' memory
     of the reference model). docs/training.md has the measurement behind the default."""
-    """DPO's beta: how far the policy may move from the frozen reference."""
 
 
 class EngineConfig(_Section):
@@ -274,46 +280,17 @@ class ResourcesConfig(_Section):
     cpus_per_train_worker: float = Field(default=1.0, gt=0)
 
 
-class Config(_Section):
-    """A whole run."""
+class RunConfig(_Section):
+    """What every recipe shares: where the run is written, the base model, engines, resources and training."""
 
     name: str = Field(default="alma", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
     seed: int = 0
-    rounds: int = Field(default=1, ge=0)
-    """ALMA rounds to run; 0 runs only the round-0 stages (building the judge, when judge.build is set)."""
-    prompts_per_round: int = Field(default=16, ge=1)
     base_model: str
-    """The pretrained model: it synthesizes prompts and is what SFT starts from."""
-    synthesis: SynthesisConfig = SynthesisConfig()
-    generation: GenerationConfig
-    judge: JudgeConfig
+    """The pretrained model: it synthesizes prompts and is what training starts from."""
     train: TrainConfig = TrainConfig()
     engine: EngineConfig = EngineConfig()
     resources: ResourcesConfig = ResourcesConfig()
-
-    @model_validator(mode="after")
-    def _round_one_models_exist(self) -> Config:
-        last = self.train.round_one_seeds - 1
-        for c in self.generation.checkpoints:
-            if c.model.startswith(ROUND_ONE) and c.model not in {f"{ROUND_ONE}{k}" for k in range(last + 1)}:
-                raise ValueError(f"checkpoint {c.name}: model {c.model!r} names no round-one model; use "
-                                 f"{ROUND_ONE}0 .. {ROUND_ONE}{last} (train.round_one_seeds)")
-        return self
-
-    @model_validator(mode="after")
-    def _enough_clusters(self) -> Config:
-        k = self.synthesis.clustering.clusters
-        if k is not None and k < self.prompts_per_round:
-            raise ValueError(f"synthesis.clustering.clusters={k} is below prompts_per_round={self.prompts_per_round}: "
-                             "each round draws its prompts from that many distinct clusters; raise clusters or "
-                             "leave it unset (= prompts_per_round)")
-        return self
-
-    @property
-    def clusters(self) -> int:
-        """K, the clusters of the prompt pool (each round draws one prompt from each of prompts_per_round)."""
-        return self.synthesis.clustering.clusters or self.prompts_per_round
 
     @property
     def run_dir(self) -> Path:
@@ -328,7 +305,57 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        tree = self.model_dump(mode="json")
+        return yaml.safe_dump({"recipe": tree.pop("recipe", None), **tree}, sort_keys=False)
+
+
+class AlmaConfig(RunConfig):
+    """ALMA: round 0 builds the prompt pool (and the judge), then ``rounds`` rounds of best-of-N and SFT."""
+
+    recipe: Literal["alma"] = "alma"
+    rounds: int = Field(default=1, ge=0)
+    """ALMA rounds to run; 0 runs only the round-0 stages (building the judge, when judge.build is set)."""
+    prompts_per_round: int = Field(default=16, ge=1)
+    synthesis: SynthesisConfig = SynthesisConfig()
+    generation: GenerationConfig
+    judge: JudgeConfig
+
+    @model_validator(mode="after")
+    def _round_one_models_exist(self) -> AlmaConfig:
+        last = self.train.round_one_seeds - 1
+        for c in self.generation.checkpoints:
+            if c.model.startswith(ROUND_ONE) and c.model not in {f"{ROUND_ONE}{k}" for k in range(last + 1)}:
+                raise ValueError(f"checkpoint {c.name}: model {c.model!r} names no round-one model; use "
+                                 f"{ROUND_ONE}0 .. {ROUND_ONE}{last} (train.round_one_seeds)")
+        return self
+
+    @model_validator(mode="after")
+    def _enough_clusters(self) -> AlmaConfig:
+        k = self.synthesis.clustering.clusters
+        if k is not None and k < self.prompts_per_round:
+            raise ValueError(f"synthesis.clustering.clusters={k} is below prompts_per_round={self.prompts_per_round}: "
+                             "each round draws its prompts from that many distinct clusters; raise clusters or "
+                             "leave it unset (= prompts_per_round)")
+        return self
+
+    @property
+    def clusters(self) -> int:
+        """K, the clusters of the prompt pool (each round draws one prompt from each of prompts_per_round)."""
+        return self.synthesis.clustering.clusters or self.prompts_per_round
+
+    @property
+    def judge_training(self) -> TrainConfig:
+        """The judge build's training settings: ``train`` with ``judge.build``'s epochs and lr, the whole judge
+        prompt (``engine.max_model_len``) and no length bucketing."""
+        build = self.judge.build or JudgeBuildConfig()
+        return TrainConfig.model_validate({**self.train.model_dump(), "epochs": build.epochs, "lr": build.lr,
+                                           "max_seq_len": self.engine.max_model_len, "bucket_window": 1})
+
+
+SCHEMAS: dict[str, type[RunConfig]] = {"alma": AlmaConfig}
+"""``recipe:`` -> its schema (the discriminator of a preset)."""
+AnyConfig = AlmaConfig
+"""Any recipe's config (a union as recipes are added)."""
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -367,7 +394,18 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def validate_config(tree: dict[str, Any], source: str = "config") -> AnyConfig:
+    """The schema ``tree['recipe']`` names (default ``alma``), validated. Raises ConfigError with a fix-it message."""
+    recipe = tree.get("recipe", "alma")
+    if recipe not in SCHEMAS:
+        raise ConfigError(f"invalid config ({source}):\n  - 'recipe' = {recipe!r}: choose one of {sorted(SCHEMAS)}")
+    try:
+        return SCHEMAS[recipe].model_validate(tree)  # type: ignore[return-value]
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> AnyConfig:
     """Read a YAML preset, apply ``key=value`` overrides, validate. Raises ConfigError with a fix-it message."""
     path = Path(path)
     if not path.is_file():
@@ -381,8 +419,4 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value, f"override '{text}'")
-    source = str(path) + (f" + overrides {list(overrides)}" if overrides else "")
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+    return validate_config(tree, str(path) + (f" + overrides {list(overrides)}" if overrides else ""))

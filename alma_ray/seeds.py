@@ -7,12 +7,14 @@ Bad lines are reported by file and line; ``skip_bad=True`` skips them and counts
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+from alma_ray.errors import AlmaError
+from alma_ray.ids import normalize, prompt_id, stable_seed
 
 TINY_SEEDS_PATH = Path(__file__).parent / "data" / "tiny_seeds.jsonl"
 
@@ -26,7 +28,7 @@ _PACKAGED: dict[str, tuple[str, str, str]] = {
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
-class SeedError(ValueError):
+class SeedError(AlmaError, ValueError):
     """A seed source that cannot be read; the message names the file and line."""
 
 
@@ -35,15 +37,6 @@ class SeedSet:
     prompts: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     skipped_bad_lines: int = 0
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def prompt_id(text: str) -> str:
-    """Stable id of a prompt: a hash of its normalized text."""
-    return hashlib.sha1(normalize(text).encode()).hexdigest()[:16]
 
 
 def _packaged_path(name: str) -> tuple[Path, str]:
@@ -132,3 +125,12 @@ def load_seeds(sources: list[str], *, skip_bad: bool = False, max_chars: int = 6
     if not kept.prompts:
         raise SeedError(f"no usable seed prompts in {sources} (after dropping non-English and > {max_chars} chars)")
     return kept
+
+
+def heldout_and_pool(seeds: list[str], *, heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """Split seeds into held-out prompts (probing checkpoints) and the few-shot pool, reproducibly."""
+    order = sorted(seeds, key=lambda s: stable_seed(seed, "heldout", normalize(s)))
+    if heldout >= len(order):
+        raise SeedError(f"synthesis.heldout={heldout} leaves no seed prompts for few-shot examples "
+                        f"(there are {len(order)}); lower it")
+    return order[:heldout], order[heldout:]

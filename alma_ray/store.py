@@ -16,20 +16,25 @@ cluster the run directory must be on storage every node sees (NFS, or a mounted 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alma_ray.errors import AlmaError
+
 MANIFEST = "_MANIFEST.json"
+DATA = "data"
+"""A stage that writes more than its rows (e.g. ``clusters``: rows and ``centroids.npy``) keeps the rows here."""
 
 
-class StoreError(RuntimeError):
-    pass
+class StoreError(AlmaError, RuntimeError):
+    """A run directory that does not match the run asked for; the message says what to do."""
 
 
 @dataclass
@@ -62,6 +67,11 @@ class StageResult:
     manifest: Manifest
     skipped: bool
 
+    @property
+    def data(self) -> Path:
+        """Where the stage's rows are: ``path/data`` for a stage that writes more than its rows, else ``path``."""
+        return self.path / DATA if (self.path / DATA).is_dir() else self.path
+
 
 def parquet_rows(directory: Path) -> int:
     """Rows in a directory of parquet files, read from the file footers only."""
@@ -89,17 +99,19 @@ class RunStore:
             raise StoreError(
                 f"{self.run_dir} holds a run with a different config (hash {previous}, now {config_hash}). "
                 "Use another name=... or output_dir=..., or delete that directory to start over.")
-        _atomic_write_text(self.run_dir / "config.yaml", config_yaml)
-        _atomic_write_text(hash_file, config_hash + "\n")
+        atomic_write_text(self.run_dir / "config.yaml", config_yaml)
+        atomic_write_text(hash_file, config_hash + "\n")
 
     def path(self, round_index: int, stage: str) -> Path:
         return self.run_dir / f"round_{round_index:03d}" / stage
 
     def manifest(self, round_index: int, stage: str) -> Manifest | None:
-        file = self.path(round_index, stage) / MANIFEST
-        if not file.exists():
-            return None
-        return Manifest(**json.loads(file.read_text()))
+        return read_manifest(self.path(round_index, stage))
+
+    def done(self, round_index: int, stage: str) -> StageResult | None:
+        """The committed stage, or None."""
+        m = self.manifest(round_index, stage)
+        return None if m is None else StageResult(self.path(round_index, stage), m, skipped=True)
 
     def run_stage(self, round_index: int, stage: str, write: Callable[[Path], StageOutput],
                   inputs: dict[str, Manifest] | None = None) -> StageResult:
@@ -129,12 +141,31 @@ class RunStore:
                             input_hashes=input_hashes, wall_s=round(time.time() - started, 3),
                             started_at=started, stats=output.stats)
         manifest.content_hash = _content_hash(manifest)
-        _atomic_write_text(tmp / MANIFEST, manifest.to_json())
+        atomic_write_text(tmp / MANIFEST, manifest.to_json())
         tmp.rename(final)
         return StageResult(final, manifest, skipped=False)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    tmp.replace(path)
+def read_manifest(stage_dir: Path) -> Manifest | None:
+    """The manifest of a committed stage directory, or None when the stage is not committed."""
+    file = stage_dir / MANIFEST
+    if not file.exists():
+        return None
+    return Manifest(**json.loads(file.read_text()))
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix) to write; it replaces ``path`` only if the block ends
+    without an error, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

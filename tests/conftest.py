@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated model cache and the tiny random Llama (built in seconds)."""
+"""Shared fixtures: an isolated model cache, the tiny random Llama (built in seconds), and one local Ray instance
+for the whole session (every test that needs Ray, and the CLI runs of the e2e tests, share it)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,18 @@ def tiny_model(model_cache: Path) -> str:
     return resolve_model("embedded:tiny-llama")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local() -> Any:
-    """A local Ray instance for one test module (with the dashboard: Ray Train and the state API need it)."""
+    """One local Ray instance for the session, on loopback (with the dashboard: Ray Train and the state API need
+    it). Started once: a Ray start costs 10-20 s on 2 cores, and two instances at once get workers OOM-killed."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local: Any) -> str:
+    """The session's Ray address, for a CLI run to join (``--address``) instead of starting a second instance."""
+    return str(ray_local.get_runtime_context().gcs_address)

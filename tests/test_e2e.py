@@ -16,18 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
-def _run(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
+def _run(tmp_path: Path, address: str, *overrides: str) -> tuple[dict, str]:
     cmd = [sys.executable, "-m", "alma_ray.cli", "run", "--config", str(REPO / "jobs/configs/tiny.yaml"),
-           f"output_dir={tmp_path}", *overrides]
+           "--address", address, f"output_dir={tmp_path}", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, dict]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_address: str) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("runs")
-    summary, _ = _run(out)
+    summary, _ = _run(out, ray_address)
     return out / "tiny", summary
 
 
@@ -65,9 +65,9 @@ def test_new_checkpoint_loads_in_vllm(tiny_run: tuple[Path, dict]) -> None:
     assert (probe.checkpoint == "round_001/sft").all() and (probe.output_tokens > 0).all()
 
 
-def test_rerun_skips_every_stage(tiny_run: tuple[Path, dict]) -> None:
+def test_rerun_skips_every_stage(tiny_run: tuple[Path, dict], ray_address: str) -> None:
     run_dir, first = tiny_run
-    summary, stdout = _run(run_dir.parent)
+    summary, stdout = _run(run_dir.parent, ray_address)
     assert summary["rows"] == first["rows"]
     assert len(summary["skipped"]) == 10 and summary["wall_s"] == {}
     assert "skipped (done)" in stdout
@@ -101,40 +101,42 @@ def test_the_prompt_pool_is_filtered_deduplicated_embedded_and_clustered(tiny_ru
 @pytest.mark.usefixtures("ray_local")
 def test_no_prompt_is_drawn_twice_across_rounds_even_across_a_crash(
         tiny_run: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    from alma_ray.store import StageResult
+
     """Rounds 2 and 3 draw from the tiny run's pool; round 2 crashes after writing its rows, before the commit."""
-    from alma_ray import recipes
+
     from alma_ray.config import load_config
-    from alma_ray.recipes.pool import write_round_prompts
-    from alma_ray.store import RunStore, StageResult
+    from alma_ray.recipes.alma.pool import PromptPool, draw
+    from alma_ray.recipes.base import Run, open_store
+    from alma_ray.stages import draw as draw_stage
 
     run_dir, _ = tiny_run
     config = load_config(REPO / "jobs/configs/tiny.yaml", [f"output_dir={run_dir.parent}"])
-    store = RunStore(config.run_dir, config.digest(), config.to_yaml())
-    done = {s: StageResult(store.path(0, s), store.manifest(0, s), skipped=True) for s in ("clusters", "embeddings")}
-    for stage in done.values():
-        assert stage.manifest is not None
+    store = open_store(config)
+    clusters, embeddings = store.done(0, "clusters"), store.done(0, "embeddings")
+    assert clusters is not None and embeddings is not None
+    pool = PromptPool(clusters, embeddings)
 
-    def draw(r: int) -> StageResult:
-        return write_round_prompts(config, store, r, clusters=done["clusters"], embeddings=done["embeddings"],
-                                   add=lambda result: result)
+    def draw_round(r: int) -> StageResult:
+        return draw(config, Run(store, log=lambda line: None), r, pool)
 
     written_before_crash: list[str] = []
-    real_sample_rows = recipes.pool.sample_rows
+    real_sample_rows = draw_stage.sample_rows
 
     def crash(*args, **kwargs):  # called after the round's rows are on disk, before the commit
         for tmp in store.path(2, "prompts").parent.glob(".prompts.tmp-*"):
             written_before_crash.extend(pq.read_table(tmp).to_pandas().prompt_id)
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(recipes.pool, "sample_rows", crash)
+    monkeypatch.setattr(draw_stage, "sample_rows", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        draw(2)
-    monkeypatch.setattr(recipes.pool, "sample_rows", real_sample_rows)
+        draw_round(2)
+    monkeypatch.setattr(draw_stage, "sample_rows", real_sample_rows)
     assert written_before_crash and store.manifest(2, "prompts") is None
-    round2 = draw(2)
+    round2 = draw_round(2)
     assert not round2.skipped and round2.manifest.stats["ledger_before"] == 8
-    round3 = draw(3)
-    assert draw(3).skipped  # committed: a rerun never draws again
+    round3 = draw_round(3)
+    assert draw_round(3).skipped  # committed: a rerun never draws again
     ids = {r: list(pq.read_table(store.path(r, "prompts")).to_pandas().prompt_id) for r in (1, 2, 3)}
     assert sorted(ids[2]) == sorted(written_before_crash)  # the resumed round drew what the crashed one had
     everything = ids[1] + ids[2] + ids[3]

@@ -1,25 +1,21 @@
-from pathlib import Path
+"""The placement primitives: what an engine or training pool reserves on CPU and GPU, and what a plan needs."""
 
-from alma_ray.config import load_config
-from alma_ray.placement import plan_resources
-
-TINY = Path(__file__).parent.parent / "jobs" / "configs" / "tiny.yaml"
+from alma_ray.config import EngineConfig, ResourcesConfig
+from alma_ray.placement import Plan, engine_pool, train_pool
 
 
-def test_cpu_plan_fits_the_largest_stage() -> None:
-    plan = plan_resources(load_config(TINY))
-    # two checkpoints -> two 1-CPU engine pools at once, plus a CPU for Ray Data tasks
-    assert plan.stage_needs("generate") == (3.0, 0.0)
-    assert plan.stage_needs("train") == (3.0, 0.0)
-    assert plan.cpus_needed == 3.0 and plan.gpus_needed == 0.0
-    assert "checkpoint:tiny-a" in plan.describe()
+def test_engine_pools_reserve_cpus_on_cpu_and_gpus_on_gpu() -> None:
+    cpu = ResourcesConfig(cpus_per_engine=2)
+    assert engine_pool("s", "e", 3, engine=EngineConfig(), resources=cpu).cpus == 6.0
+    gpu = ResourcesConfig(use_gpu=True)
+    pool = engine_pool("s", "e", 3, engine=EngineConfig(tensor_parallel_size=2), resources=gpu)
+    assert (pool.cpus, pool.gpus) == (3.0, 6.0)
+    assert train_pool("t", "w", ResourcesConfig(use_gpu=True, train_workers=4)).gpus == 4.0
 
 
-def test_gpu_plan_gives_each_engine_its_gpus() -> None:
-    config = load_config(TINY, ["resources.use_gpu=true", "engine.tensor_parallel_size=2",
-                                "resources.engines_per_checkpoint=3", "resources.train_workers=8"])
-    plan = plan_resources(config)
-    assert plan.stage_needs("generate") == (1.0 + 6, 12.0)  # 2 checkpoints x 3 engines x TP 2
-    assert plan.stage_needs("train")[1] == 8.0
-    assert plan.stage_needs("embeddings") == (1.0 + 3, 3.0)  # one GPU per embedder actor, no tensor parallel
-    assert plan.gpus_needed == 12.0
+def test_a_plan_needs_its_largest_stage_plus_the_data_tasks() -> None:
+    res = ResourcesConfig()
+    p = Plan("x", (engine_pool("a", "e", 2, engine=EngineConfig(), resources=res), train_pool("b", "w", res)),
+             steps=(("round 1", "a -> b"),))
+    assert p.stages == ["a", "b"] and p.cpus_needed == 3.0 and p.gpus_needed == 0.0
+    assert "round 1      a -> b" in p.describe()

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from alma_ray.seeds import SeedError, load_seeds, prompt_id
+from alma_ray.ids import prompt_id
+from alma_ray.seeds import SeedError, load_seeds
 
 
 def test_embedded_prompt_sets_load() -> None:

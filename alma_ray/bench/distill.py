@@ -4,7 +4,7 @@ A quality measurement, not a speed one. From a finished judge build (a run direc
 ``judge_sft``, e.g. the laptop judge build of docs/judge.md), with the recipe's own functions:
 
 1. the base model answers ``--pairs`` few-shot-pool seed prompts (``distill_pairs``);
-2. the fine-tuned judge scores them on Serve, keeping each row's 11-way distribution (``score_pairs``);
+2. the fine-tuned judge scores them on Serve, keeping each row's 11-way distribution (the ``Score`` stage);
 3. training continues from the fine-tuned judge twice, on the same rows, steps and seed, once per target form:
    ``distribution`` (the judge's distribution as soft labels) and ``rounded`` (the expected score rounded, one-hot);
 4. the fine-tuned judge and both distilled ones are scored on the held-out preference pairs in one Serve app
@@ -39,59 +39,40 @@ def main(argv: list[str] | None = None) -> None:
                      "(alma-ray run --config <preset with judge.build> rounds=0)")
 
     import pyarrow.parquet as pq
-    import ray.data
 
-    from alma_ray.config import JudgeBuildConfig, load_config
+    from alma_ray.config import load_config
+    from alma_ray.judge.annotations import accuracy_table
+    from alma_ray.judge.serve import Panel
     from alma_ray.models.registry import resolve_model
-    from alma_ray.placement import plan_resources
-    from alma_ray.recipes.judge import (
-        accuracy_table,
-        distill_pairs,
-        distill_rows,
-        heldout_accuracy,
-        judge_train_config,
-        score_pairs,
-    )
+    from alma_ray.recipes import recipe_for
+    from alma_ray.recipes.alma.judge import distill, distill_pairs
+    from alma_ray.recipes.base import Run
     from alma_ray.runtime import init_ray
-    from alma_ray.seeds import load_seeds
-    from alma_ray.stages.synthesize import heldout_and_pool
-    from alma_ray.store import RunStore, StageOutput, parquet_rows
-    from alma_ray.train.loop import fit
+    from alma_ray.seeds import heldout_and_pool, load_seeds
+    from alma_ray.stages.judge_build import heldout_accuracy
+    from alma_ray.stages.score import Score
+    from alma_ray.store import RunStore
 
     config = load_config(args.run_dir / "config.yaml")
-    build = config.judge.build or JudgeBuildConfig()
-    init_ray(plan_resources(config))
+    init_ray(recipe_for(config).plan(config))
     base, sft = resolve_model(config.base_model), str(r0 / "judge_sft")
     seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
                        max_chars=config.synthesis.max_seed_chars).prompts
     _, pool = heldout_and_pool(seeds, heldout=config.synthesis.heldout, seed=config.seed)
-    store = RunStore(args.run_dir / "measure_distill" / f"pairs_{args.pairs}", config.digest(), config.to_yaml())
-
-    def write_pairs(out: Path) -> StageOutput:
-        distill_pairs(config, base=base, seed_prompts=pool, m=args.pairs).write_parquet(str(out))
-        return StageOutput(rows=parquet_rows(out))
-
-    def write_scores(out: Path) -> StageOutput:
-        score_pairs(config, sft, pairs.path, out)
-        return StageOutput(rows=parquet_rows(out))
-
-    pairs = store.run_stage(0, "pairs", write_pairs)
-    scores = store.run_stage(0, "scores", write_scores, {"pairs": pairs.manifest})
-    tconfig = judge_train_config(config, build)
-    trained = {}
-    for target in TARGETS:
-        def write_judge(out: Path, target: str = target) -> StageOutput:
-            rows = distill_rows(scores.path, target)
-            metrics = fit(ray.data.from_items(rows), tconfig, objective="judge", model=sft, out_dir=out,
-                          seed=config.train.seed, run_name=f"distill-{target}-{args.pairs}-{config.train.seed}")
-            return StageOutput(rows=len(rows), stats={"steps": metrics["steps"]})
-
-        trained[target] = store.run_stage(0, target, write_judge, {"scores": scores.manifest})
+    run = Run(RunStore(args.run_dir / "measure_distill" / f"pairs_{args.pairs}", config.digest(), config.to_yaml()))
+    pairs = run.stage(0, distill_pairs(config, base=base, seed_prompts=pool, m=args.pairs, name="pairs"))
+    scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), config.engine, config.resources),
+                       read=pairs)
+    trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
+                                            run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"),
+                                 after=[scores])
+               for target in TARGETS}
 
     held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]
     members = {"sft": sft, **{t: str(result.path) for t, result in trained.items()}}
-    table = heldout_accuracy(config, members, held)
-    (store.run_dir / "accuracy.json").write_text(json.dumps(table, indent=1))
+    table = heldout_accuracy(Panel.compare(config.judge, members), held, engine=config.engine,
+                             resources=config.resources)
+    (run.store.run_dir / "accuracy.json").write_text(json.dumps(table, indent=1))
     print(accuracy_table(table))
     figures: dict[str, Any] = {"bench": "distill_target", "run_dir": str(args.run_dir), "pairs": args.pairs,
                                "heldout_pairs": table[0]["pairs"], "steps": trained[TARGETS[0]].manifest.stats["steps"]}

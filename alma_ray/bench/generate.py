@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from alma_ray.bench import bench_args, run_bare_arm, start_ray
-from alma_ray.config import Config
-from alma_ray.stages.generate import stable_seed
+from alma_ray.config import AlmaConfig
+from alma_ray.ids import stable_seed
 
 SALT = "bench:1:responses"
 
 
-def _config(model: str, *, n: int, max_tokens: int, batch_size: int, threads: int, pools: int) -> Config:
+def _config(model: str, *, n: int, max_tokens: int, batch_size: int, threads: int, pools: int) -> AlmaConfig:
     checkpoints = [{"name": f"ckpt{i}", "model": model, "weight": 1} for i in range(pools)]
-    return Config.model_validate(dict(
+    return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, seed=0,
         generation={"n": n, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0, "checkpoints": checkpoints},
         engine={"max_model_len": 512, "batch_size": batch_size, "dtype": "float32", "kv_cache_gb": 2},
@@ -83,7 +83,7 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     import ray.data
 
     from alma_ray.progress import StageProgress
-    from alma_ray.stages.generate import generate_responses
+    from alma_ray.stages.generate import generate_responses, mix
 
     t0 = time.time()
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
@@ -92,9 +92,12 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     ray_init_s = time.time() - t0
     try:
         with StageProgress("generate", None, show=False) as progress:
-            ds = generate_responses(ray.data.from_items(_prompts(args.prompts)), config, round_index=1,
-                                    checkpoints={c.name: args.model for c in config.generation.checkpoints},
-                                    progress=progress.counter)
+            gen = config.generation
+            ds = generate_responses(ray.data.from_items(_prompts(args.prompts)),
+                                    mix(gen, {c.name: args.model for c in gen.checkpoints}), engine=config.engine,
+                                    resources=config.resources, completion_template=gen.completion_template,
+                                    too_long=gen.too_long, seed_salt=f"{config.seed}:1:responses",
+                                    pool_size=config.resources.engines_per_checkpoint, progress=progress.counter)
             ds.write_parquet(str(out))
         done = time.time()
     finally:

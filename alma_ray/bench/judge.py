@@ -2,9 +2,9 @@
 
 One judge, one replica, the same M (prompt, response) pairs in every arm:
 
-1. **bare**: a child process builds the judge (``alma_ray.stages.judge.Judge``: one ``vllm.LLM``) and scores
+1. **bare**: a child process builds the judge (``alma_ray.judge.engine.Judge``: one ``vllm.LLM``) and scores
    the pairs in chunks of ``--batch`` pairs, the size a Serve replica batch holds.
-2. **handle**: the judge application (``alma_ray.judge_service``) on a local Ray; every chunk is sent at once
+2. **handle**: the judge application (``alma_ray.judge.serve``) on a local Ray; every chunk is sent at once
    through the ingress handle, the way the pipeline's Ray Data actors call it.
 3. **http**: the same chunks as JSON lists, POSTed by ``--clients`` threads to 127.0.0.1; plus one pair per
    request from 64 concurrent clients (``http_single_pairs_s``), the ad-hoc path.
@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alma_ray.bench import bench_args, run_bare_arm
-from alma_ray.config import Config
+from alma_ray.config import AlmaConfig
 
 
-def _config(model: str, args: argparse.Namespace) -> Config:
-    return Config.model_validate(dict(
+def _config(model: str, args: argparse.Namespace) -> AlmaConfig:
+    return AlmaConfig.model_validate(dict(
         base_model=model, generation={"checkpoints": [{"name": "a", "model": model}]},
         judge={"model": model, "max_batch_size": args.batch, "http_port": args.port},
         engine={"max_model_len": 1024, "dtype": "float32"}, resources={"cpus_per_engine": args.threads}))
@@ -45,7 +45,7 @@ def _chunks(pairs: list[dict[str, str]], size: int) -> list[list[dict[str, str]]
 
 
 def bare(args: argparse.Namespace) -> dict[str, Any]:
-    from alma_ray.stages.judge import Judge
+    from alma_ray.judge.engine import Judge
 
     config = _config(args.model, args)
     t0 = time.time()
@@ -65,8 +65,8 @@ def served(args: argparse.Namespace) -> dict[str, Any]:
 
     import ray
 
-    from alma_ray.judge_service import ROUTE, judge_service
-    from alma_ray.placement import plan_resources
+    from alma_ray.judge.serve import ROUTE, Panel, judge_service
+    from alma_ray.recipes import recipe_for
     from alma_ray.runtime import init_ray
 
     config = _config(args.model, args)
@@ -81,9 +81,10 @@ def served(args: argparse.Namespace) -> dict[str, Any]:
             return json.loads(r.read())
 
     t0 = time.time()
-    init_ray(plan_resources(config))
+    init_ray(recipe_for(config).plan(config))
     try:
-        with judge_service(config, {"main": args.model}) as handle:
+        with judge_service(Panel.compare(config.judge, {"main": args.model}), config.engine,
+                           config.resources) as handle:
             handle.score.remote(pairs[:8]).result()  # warm-up: the replica is up and has compiled its batch
             startup = time.time() - t0
             start = time.time()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from alma_ray.bench import bench_args, run_bare_arm, start_ray
-from alma_ray.config import Config
+from alma_ray.config import AlmaConfig
 
 VERBS = ["Write", "Explain", "Summarize", "Describe", "Compare", "List", "Draft", "Plan", "Suggest", "Outline"]
 OBJECTS = ["a short story", "the history", "three arguments", "a recipe", "a lesson plan", "a product review",
@@ -57,8 +57,8 @@ def synthetic_pool(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def _config(model: str, *, requests: int, threads: int) -> Config:
-    return Config.model_validate(dict(
+def _config(model: str, *, requests: int, threads: int) -> AlmaConfig:
+    return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, generation={"checkpoints": [{"name": "a", "model": model}]},
         synthesis={"seeds": ["embedded:mt-bench", "embedded:ifbench", "embedded:writingbench"],
                    "num_requests": requests, "max_tokens": 64},
@@ -66,7 +66,7 @@ def _config(model: str, *, requests: int, threads: int) -> Config:
         resources={"cpus_per_engine": threads}))
 
 
-def _seeds(config: Config) -> list[str]:
+def _seeds(config: AlmaConfig) -> list[str]:
     from alma_ray.seeds import load_seeds
 
     return load_seeds(config.synthesis.seeds).prompts
@@ -78,7 +78,7 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
     from vllm import SamplingParams, TokensPrompt
 
     from alma_ray.engine import build_llm
-    from alma_ray.stages.generate import stable_seed
+    from alma_ray.ids import stable_seed
     from alma_ray.stages.synthesize import STOP, fewshot_requests
 
     config = _config(args.model, requests=args.requests, threads=args.threads)
@@ -138,9 +138,9 @@ def _dedup_once(texts: list[str], seeds: list[str]) -> dict[str, Any]:
     import ray.data
 
     from alma_ray.config import DedupConfig
-    from alma_ray.seeds import prompt_id
+    from alma_ray.ids import prompt_id
+    from alma_ray.stages.base import shuffle_partitions
     from alma_ray.stages.dedup import dedup, reference_rows
-    from alma_ray.stages.select import shuffle_partitions
 
     candidates = pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "text": texts,
                                "order": np.arange(len(texts), dtype=np.int64)})
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from alma_ray.progress import StageProgress
     from alma_ray.stages.cluster import assign_clusters, train_centroids
     from alma_ray.stages.embed import embed_prompts
-    from alma_ray.stages.synthesize import synthesize_candidates
+    from alma_ray.stages.synthesize import Synthesize
 
     config = _config(args.model, requests=args.requests, threads=args.threads)
     seeds = _seeds(config)
@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"pipeline: {args.requests} few-shot requests", file=sys.stderr)
             with StageProgress("synthesis", args.requests, show=False) as progress:
-                synthesize_candidates(config, base_model=args.model, seeds=seeds,
-                                      progress=progress.counter).write_parquet(f"{tmp}/synth")
+                Synthesize(config.synthesis, model=args.model, source=args.model, seeds=seeds, known=[],
+                           seed=config.seed, engine=config.engine, resources=config.resources,
+                           progress=progress.counter).transform(None).write_parquet(f"{tmp}/synth")
             snap = progress.final
             synth_rps = args.requests / (snap["last_done"] - snap["first_start"])
             result.update(synth_requests_per_s=round(synth_rps, 2), bare_requests_per_s=round(b["requests_per_s"], 2),
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             texts = synthetic_pool(n)
             pool = ray.data.from_pandas(pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "prompt": texts}))
             t0 = time.time()
-            embed_prompts(pool, config, model=args.model).write_parquet(f"{tmp}/emb")
+            embed_prompts(pool, model=args.model, cfg=config.synthesis.embedding, engine=config.engine,
+                          resources=config.resources).write_parquet(f"{tmp}/emb")
             embed_s = time.time() - t0
             emb = ray.data.read_parquet(f"{tmp}/emb")
             t0 = time.time()

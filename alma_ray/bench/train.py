@@ -27,11 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from alma_ray.config import Config
+from alma_ray.config import AlmaConfig
 
 
-def _config(model: str, args: argparse.Namespace) -> Config:
-    return Config.model_validate(dict(
+def _objective(config: AlmaConfig, loss: str) -> Any:
+    from alma_ray.train.objectives import DPO, SFT, Reward
+
+    template = config.generation.completion_template
+    if loss == "dpo":
+        return DPO.of(config.train, completion_template=template)
+    return SFT(template) if loss == "sft" else Reward(template)
+
+
+def _config(model: str, args: argparse.Namespace) -> AlmaConfig:
+    return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, generation={"checkpoints": [{"name": "a", "model": model}]},
         train={"micro_batch": args.micro_batch, "max_seq_len": args.max_seq_len, "lr": 1e-4, "epochs": args.epochs,
                "zero_stage": args.zero_stage, "bucket_window": args.bucket_window, "report_every": 10**6},
@@ -67,8 +76,9 @@ def bare_worker(args: argparse.Namespace) -> None:
     from alma_ray.train.data import as_columns, tokenize_pairs, tokenize_sft, windows
     from alma_ray.train.loop import Worker, loop_config
 
-    worker = Worker.start(loop_config(_config(args.model, args).train, objective=args.loss, model=args.model,
-                                      reference=None, use_gpu=args.gpu))
+    config = _config(args.model, args)
+    worker = Worker.start(loop_config(config.train, objective=_objective(config, args.loss), model=args.model,
+                                      seed=0, use_gpu=args.gpu))
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = _rows(args.rows, args.loss)[rank::world]
     columns = {k: np.array([r[k] for r in rows]) for k in rows[0]}
@@ -103,17 +113,18 @@ def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
     import ray
     import ray.data
 
-    from alma_ray.placement import plan_resources
+    from alma_ray.recipes import recipe_for
     from alma_ray.runtime import init_ray
     from alma_ray.train.loop import fit
 
     t0 = time.time()
     config = _config(model, args)
-    init_ray(plan_resources(config))
+    init_ray(recipe_for(config).plan(config))
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_init_s = time.time() - t0
     try:
-        metrics = fit(ray.data.from_items(_rows(args.rows, args.loss)), config, objective=args.loss, model=model,
+        metrics = fit(ray.data.from_items(_rows(args.rows, args.loss)), _objective(config, args.loss),
+                      train=config.train, resources=config.resources, model=model,
                       out_dir=tmp / "round_001" / args.loss, seed=0)
     finally:
         ray.shutdown()

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from alma_ray.errors import AlmaError
 from alma_ray.models import gguf
 from alma_ray.models.tiny import build_tiny_llama
 
@@ -27,8 +28,8 @@ EMBEDDED: dict[str, tuple[Callable[[Path], Path], str]] = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelError(ValueError):
-    pass
+class ModelError(AlmaError, ValueError):
+    """A model reference that cannot be resolved or prepared; the message says what to do."""
 
 
 def cache_dir() -> Path:

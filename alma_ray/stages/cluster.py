@@ -8,6 +8,9 @@ so the k-means is spherical (inner product).
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +18,13 @@ import ray
 from ray.data import Dataset
 
 from alma_ray.config import ClusteringConfig
+from alma_ray.diversity import diversity
+from alma_ray.errors import AlmaError
+from alma_ray.stages.base import Stage, sample_rows
+from alma_ray.store import DATA, StageOutput
 
 
-class PoolTooSmallError(ValueError):
+class PoolTooSmallError(AlmaError, ValueError):
     """Fewer prompts (or clusters) than a step needs; the message says what to change."""
 
 
@@ -76,3 +83,35 @@ def size_histogram(sizes: list[int], k: int) -> dict[str, int]:
         hist[str(lo) if lo == hi else f"{lo}-{hi}"] = int(counts[lo:hi + 1].sum())
         lo *= 2
     return hist
+
+
+@dataclass
+class Cluster(Stage):
+    """The pool with each prompt's ``cluster_id`` (in ``data/``) and the centroids (``centroids.npy``)."""
+
+    k: int
+    cfg: ClusteringConfig
+    rows: int
+    """Rows of the input (the embeddings stage's manifest)."""
+    seed: int
+    name: str = "clusters"
+    needs: tuple[str, ...] = ("prompt_id", "prompt", "embedding")
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        assert data is not None
+        t0 = time.time()
+        centroids = train_centroids(data, k=self.k, cfg=self.cfg, rows=self.rows, seed=self.seed)
+        train_s = time.time() - t0
+        np.save(out / "centroids.npy", centroids)
+        assign_clusters(data, centroids).write_parquet(str(out / DATA))
+        clustered = ray.data.read_parquet(str(out / DATA))
+        sizes = [int(r["count()"]) for r in clustered.groupby("cluster_id", num_partitions=1).count().iter_rows()]
+        m = self.cfg.metric_sample
+        fraction = min(1.0, 1.5 * m / self.rows)
+        sample = sample_rows(data.random_sample(fraction, seed=self.seed) if fraction < 1 else data, m,
+                             columns=["prompt", "embedding"])
+        vectors = np.stack(list(sample["embedding"]))
+        return self.counted(
+            out, rows_dir=out / DATA, clusters=self.k, nonempty_clusters=len(sizes), largest_cluster=max(sizes),
+            size_histogram=size_histogram(sizes, self.k), kmeans_train_s=round(train_s, 2),
+            diversity=diversity(list(sample["prompt"]), vectors, (vectors @ centroids.T).argmax(1)))

@@ -10,13 +10,17 @@ Every step is a Ray Data operation (map, hash-shuffle aggregate, hash join), so 
 Reference rows (seed prompts, the existing pool) carry negative ``order``, so they always win and are never
 returned. As in large-scale text dedup (NeMo Curator, text-dedup), bucket collisions are not re-verified against
 the threshold: datasketch's band choice keeps false positives and negatives low.
+
+``Dedup`` is the pool stage: the synthesis candidates that passed every filter, without exact or near duplicates.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +30,9 @@ from ray.data.aggregate import Min
 
 from alma_ray.config import DedupConfig
 from alma_ray.diversity import words
-from alma_ray.seeds import prompt_id
+from alma_ray.ids import prompt_id
+from alma_ray.stages.base import Stage
+from alma_ray.store import StageOutput
 
 
 def shingles(text: str, n: int) -> list[bytes]:
@@ -108,3 +114,40 @@ def dedup(candidates: Dataset, reference: Dataset | None, *, cfg: DedupConfig, p
                          batch_format="pandas")).materialize()
     unique = unique_exact.join(near.select_columns(["order"]), "left_anti", partitions, on=("order",))
     return DedupResult(unique=unique, near=near)
+
+
+@dataclass
+class Dedup(Stage):
+    """The prompt pool: synthesis candidates that passed the filters, without exact or near duplicates of each
+    other or of ``reference`` (the seed prompts, held-out ones included)."""
+
+    cfg: DedupConfig
+    reference: list[str]
+    partitions: int
+    filters: dict[str, int]
+    """The synthesis stage's filter counts (its manifest), for the dedup figures."""
+    name: str = "pool"
+    needs: tuple[str, ...] = ("text", "prompt_id", "request_index", "reject")
+    _near: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.empty_hint = ("no synthesized prompt survived the filters and dedup: raise synthesis.num_requests or "
+                           f"relax synthesis.min_chars/max_chars (filters: {self.filters})")
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        assert data is not None
+        candidates = data.filter(expr="reject == ''").map_batches(
+            lambda b: b.assign(prompt=b["text"], order=b["request_index"]).drop(columns=["reject"]),
+            batch_format="pandas")
+        result = dedup(candidates, reference_rows(self.reference), cfg=self.cfg, partitions=self.partitions)
+        self._near = result.near.materialize()
+        result.unique.drop_columns(["text", "order"]).write_parquet(str(out))
+        return self.counted(out)
+
+    def figures(self, out: Path, rows: int) -> dict[str, Any]:
+        n_near = self._near.count()
+        n_near_seed = self._near.filter(expr="of_reference").count() if n_near else 0
+        passed = self.filters["passed"]
+        return {"passed_filters": passed, "duplicate_exact": passed - rows - n_near,
+                "near_duplicate": n_near - n_near_seed, "near_duplicate_of_seed": n_near_seed,
+                "dedup": self.cfg.model_dump()}

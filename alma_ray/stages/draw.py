@@ -4,22 +4,28 @@ The ledger of used prompts is the set of committed ``round_*/prompts`` stages: a
 atomically with its manifest (alma_ray.store), so a crash before the commit leaves the ledger as it was and the
 rerun draws the same prompts (the draw is a pure function of the pool, the ledger, the run seed and the round);
 after the commit, a rerun skips the stage. Nothing is collected on the driver: the draw is an anti-join with
-the ledger, a per-cluster minimum of a seeded hash rank, and a join back.
+the ledger, a per-cluster minimum of a seeded hash rank, and a join back. ``DrawPrompts`` is the stage.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 from ray.data import Dataset
 from ray.data.aggregate import Min
 
+from alma_ray.diversity import diversity
+from alma_ray.stages.base import Stage, sample_rows
 from alma_ray.stages.cluster import PoolTooSmallError
-from alma_ray.store import RunStore
+from alma_ray.store import RunStore, StageOutput, StoreError
 
 
 def _rank(values: pd.Series, salt: str) -> np.ndarray:
@@ -28,15 +34,15 @@ def _rank(values: pd.Series, salt: str) -> np.ndarray:
                      for v in values], dtype=np.int64)
 
 
-def ledger(store: RunStore, round_index: int) -> Dataset | None:
-    """``prompt_id`` of every prompt drawn by the committed rounds before ``round_index`` (None in round 1)."""
+def ledger(store: RunStore, round_index: int) -> list[str]:
+    """The committed ``prompts`` stages of the rounds before ``round_index`` (none in round 1)."""
     dirs = []
     for r in range(1, round_index):
         if store.manifest(r, "prompts") is None:
-            raise RuntimeError(f"round {r} has no committed prompts, so round {round_index} cannot know which "
-                               f"prompts are used; run the rounds in order (delete {store.path(round_index, '')})")
+            raise StoreError(f"round {r} has no committed prompts, so round {round_index} cannot know which "
+                             f"prompts are used; run the rounds in order (delete {store.path(round_index, '')})")
         dirs.append(str(store.path(r, "prompts")))
-    return ray.data.read_parquet(dirs).select_columns(["prompt_id"]) if dirs else None
+    return dirs
 
 
 @dataclass
@@ -75,3 +81,50 @@ def draw_prompts(pool: Dataset, used: Dataset | None, *, k: int, seed: int, roun
                         on=("cluster_id", "draw_rank"), right_on=("cluster_id", "best"))  # type: ignore[arg-type]
     return Draw(drawn=drawn, random=ranked.sort("draw_rank").limit(k), unused_prompts=remaining,
                 clusters_available=available)
+
+
+def embeddings_of(embeddings: Dataset, ids: list[str]) -> dict[str, np.ndarray]:
+    """prompt_id -> embedding for ``ids`` (metric samples, so a bounded set), by one scan."""
+    wanted = pa.array(sorted(set(ids)), type=pa.string())
+    found = embeddings.select_columns(["prompt_id", "embedding"]).map_batches(
+        lambda t: t.filter(pc.is_in(t["prompt_id"], value_set=wanted)), batch_format="pyarrow").take_all()
+    return {row["prompt_id"]: np.asarray(row["embedding"], dtype=np.float32) for row in found}
+
+
+def sample_diversity(rows: pd.DataFrame, vectors: dict[str, np.ndarray]) -> dict[str, Any]:
+    return diversity(list(rows["prompt"]), np.stack([vectors[i] for i in rows["prompt_id"]]), rows["cluster_id"])
+
+
+@dataclass
+class DrawPrompts(Stage):
+    """A round's prompts: K unused prompts from K distinct clusters of the pool (the input: the clustered pool),
+    with the draw's diversity against a random draw of as many unused prompts (embeddings from ``embeddings``)."""
+
+    k: int
+    seed: int
+    round_index: int
+    used: list[str]
+    """The ledger: the earlier rounds' committed prompts stages (``ledger``)."""
+    embeddings: Path
+    pool_rows: int
+    metric_sample: int
+    partitions: int
+    name: str = "prompts"
+    needs: tuple[str, ...] = ("prompt_id", "prompt", "cluster_id")
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        assert data is not None
+        used = ray.data.read_parquet(self.used).select_columns(["prompt_id"]) if self.used else None
+        draw = draw_prompts(data, used, k=self.k, seed=self.seed, round_index=self.round_index,
+                            partitions=self.partitions)
+        draw.drawn.write_parquet(str(out))
+        m, columns = min(self.k, self.metric_sample), ["prompt_id", "prompt", "cluster_id"]
+        drawn = sample_rows(ray.data.read_parquet(str(out)), m, columns=columns)  # rows land in hash order
+        random = sample_rows(draw.random, m, columns=columns)
+        vectors = embeddings_of(ray.data.read_parquet(str(self.embeddings)),
+                                [*drawn["prompt_id"], *random["prompt_id"]])
+        return self.counted(
+            out, ledger_before=self.pool_rows - draw.unused_prompts,  # every used prompt is in the pool
+            unused_prompts=draw.unused_prompts, clusters_available=draw.clusters_available,
+            diversity={"cluster_draw": sample_diversity(drawn, vectors),
+                       "random_draw": sample_diversity(random, vectors)})

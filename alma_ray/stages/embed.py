@@ -14,13 +14,19 @@ Vectors are L2-normalized, so inner product is cosine similarity for k-means and
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 from ray.data import ActorPoolStrategy, Dataset
 
-from alma_ray.config import Config, EmbeddingConfig, EngineConfig
+from alma_ray.config import EmbeddingConfig, EngineConfig, ResourcesConfig
 from alma_ray.engine import actor_remote_args, build_llm
+from alma_ray.stages.base import Stage
+from alma_ray.store import StageOutput
 
 
 class Embedder:
@@ -85,13 +91,14 @@ class VLLMEmbedder:
         return {**batch, "embedding": np.array([o.outputs.embedding for o in outputs], dtype=np.float32)}
 
 
-def embed_prompts(prompts: Dataset, config: Config, *, model: str) -> Dataset:
+def embed_prompts(prompts: Dataset, *, model: str, cfg: EmbeddingConfig, engine: EngineConfig,
+                  resources: ResourcesConfig) -> Dataset:
     """Add an ``embedding`` column to every row of ``prompts`` (one actor pool of the base model)."""
-    res, cfg = config.resources, config.synthesis.embedding
+    res = resources
     actor: type[Embedder | VLLMEmbedder]
     if cfg.backend == "vllm":
-        actor, kwargs = VLLMEmbedder, dict(model=model, cfg=cfg, engine=config.engine, use_gpu=res.use_gpu)
-        remote = actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine)
+        actor, kwargs = VLLMEmbedder, dict(model=model, cfg=cfg, engine=engine, use_gpu=res.use_gpu)
+        remote = actor_remote_args(engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine)
     else:
         actor, kwargs = Embedder, dict(model=model, cfg=cfg, use_gpu=res.use_gpu)
         remote = dict(num_gpus=1 if res.use_gpu else 0, num_cpus=1 if res.use_gpu else res.cpus_per_engine,
@@ -99,3 +106,32 @@ def embed_prompts(prompts: Dataset, config: Config, *, model: str) -> Dataset:
                                                 "TOKENIZERS_PARALLELISM": "false"}})
     return prompts.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
                                compute=ActorPoolStrategy(size=res.engines_per_checkpoint), **remote)
+
+
+@dataclass
+class Embed(Stage):
+    """Every pool prompt with its base-model embedding."""
+
+    model: str
+    """The base model's folder."""
+    label: str
+    """The base model as configured (recorded in the manifest)."""
+    cfg: EmbeddingConfig
+    engine: EngineConfig
+    resources: ResourcesConfig
+    name: str = "embeddings"
+    needs: tuple[str, ...] = ("prompt_id", "prompt")
+    _started: float = field(default=0.0, repr=False)
+
+    def transform(self, data: Dataset | None) -> Dataset:
+        assert data is not None
+        return embed_prompts(data, model=self.model, cfg=self.cfg, engine=self.engine, resources=self.resources)
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        self._started = time.time()
+        return super().write(data, out)
+
+    def figures(self, out: Path, rows: int) -> dict[str, Any]:
+        first = pq.read_table(sorted(out.glob("*.parquet"))[0], columns=["embedding"]).slice(0, 1)
+        return {"model": self.label, "dim": len(first.to_pylist()[0]["embedding"]),
+                "prompts_per_s": rows / (time.time() - self._started), **self.cfg.model_dump()}

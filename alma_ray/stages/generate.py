@@ -1,27 +1,29 @@
 """Sampling through vLLM actor pools: one pool per checkpoint, N samples per prompt in one request.
 
-``Sampler`` is the Ray Data actor (a callable class given to ``map_batches``); ``generate_responses`` builds one
-pool per checkpoint, asks each for its share of the N samples, and unions the streams.
+``Sampler`` is the Ray Data actor (a callable class given to ``map_batches``); ``mix`` splits the N samples of a
+prompt across checkpoints (``Share``); ``generate_responses`` builds one pool per share and unions the streams;
+``Sample`` is the stage (ALMA's responses, each round's probe answers, the judge build's distill pairs).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.data
 from ray.data import ActorPoolStrategy, Dataset
 
-from alma_ray.config import Config, EngineConfig
+from alma_ray.config import EngineConfig, GenerationConfig, ResourcesConfig
 from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
+from alma_ray.ids import stable_seed
+from alma_ray.progress import StageProgress
+from alma_ray.stages.base import Stage
+from alma_ray.store import StageOutput
 
 TOO_LONG = "prompt_too_long"
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit sampling seed derived from the row's identity: reruns sample the same text."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
 
 
 def split_samples(n: int, weights: list[float]) -> list[int]:
@@ -112,49 +114,104 @@ class Sampler:
         return rows
 
 
-def sample_pool(prompts: Dataset, *, model: str, checkpoint: str, n: int, sampling: dict[str, Any],
-                chat: bool | None, config: Config, pool_size: int, seed_salt: str,
-                completion_template: str | None = None, progress: Any = None) -> Dataset:
-    """One vLLM actor pool over ``prompts``: ``n`` samples per row from ``model`` (plain completions use
-    ``completion_template``, by default the generation section's).
+@dataclass(frozen=True)
+class Share:
+    """One checkpoint's part of a stage's samples: its model folder, samples per prompt and sampling settings."""
+
+    checkpoint: str
+    model: str
+    n: int
+    sampling: dict[str, Any]
+    chat: bool | None = None
+
+
+def mix(gen: GenerationConfig, models: dict[str, str]) -> list[Share]:
+    """N samples per prompt split by weight across the configured checkpoints present in ``models`` (name -> model
+    folder; a checkpoint absent this round, like ``latest`` in round 1, gives its share away)."""
+    present = [c for c in gen.checkpoints if c.name in models]
+    if not present:
+        raise ValueError(f"none of the checkpoints {[c.name for c in gen.checkpoints]} has a model this round")
+    return [Share(c.name, models[c.name], k, gen.sampling(c), c.chat_template)
+            for c, k in zip(present, split_samples(gen.n, [c.weight for c in present])) if k]
+
+
+def sample_pool(prompts: Dataset, share: Share, *, engine: EngineConfig, resources: ResourcesConfig,
+                completion_template: str, too_long: str, seed_salt: str, pool_size: int,
+                progress: Any = None) -> Dataset:
+    """One vLLM actor pool over ``prompts``: ``share.n`` samples per row from ``share.model`` (plain completions
+    use ``completion_template``).
 
     Ray Data restarts a dead engine actor and retries its batch (``max_restarts``/``max_task_retries`` = -1 for
     actor pools), so a crash costs time, never rows.
     """
-    res, gen = config.resources, config.generation
     return prompts.map_batches(
         Sampler,
-        fn_constructor_kwargs=dict(model=model, checkpoint=checkpoint, n=n, sampling=sampling, chat=chat,
-                                   completion_template=completion_template or gen.completion_template,
-                                   engine=config.engine, use_gpu=res.use_gpu, seed_salt=seed_salt,
-                                   too_long=gen.too_long, progress=progress),
-        batch_size=config.engine.batch_size,
+        fn_constructor_kwargs=dict(model=share.model, checkpoint=share.checkpoint, n=share.n,
+                                   sampling=share.sampling, chat=share.chat, completion_template=completion_template,
+                                   engine=engine, use_gpu=resources.use_gpu, seed_salt=seed_salt,
+                                   too_long=too_long, progress=progress),
+        batch_size=engine.batch_size,
         compute=ActorPoolStrategy(size=pool_size),
-        **actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine),
+        **actor_remote_args(engine, use_gpu=resources.use_gpu, cpus=resources.cpus_per_engine),
     )
 
 
-def generate_responses(prompts: Dataset, config: Config, *, round_index: int, checkpoints: dict[str, str],
+def generate_responses(prompts: Dataset, shares: list[Share], *, engine: EngineConfig, resources: ResourcesConfig,
+                       completion_template: str, too_long: str, seed_salt: str, pool_size: int,
                        progress: Any = None) -> Dataset:
-    """N responses per prompt, split by weight across the configured checkpoints present in ``checkpoints``
-    (name -> model folder; a checkpoint absent this round, like ``latest`` in round 1, gives its share away).
-
-    One actor pool per checkpoint, all fed from the same prompt stream; the pools run side by side when the
-    cluster has room for all of them, else Ray Data queues them.
-    """
-    gen = config.generation
-    present = [c for c in gen.checkpoints if c.name in checkpoints]
-    if not present:
-        raise ValueError(f"none of the checkpoints {[c.name for c in gen.checkpoints]} has a model this round")
-    streams = []
-    for ckpt, share in zip(present, split_samples(gen.n, [c.weight for c in present])):
-        if share == 0:
-            continue
-        streams.append(sample_pool(
-            prompts, model=checkpoints[ckpt.name], checkpoint=ckpt.name, n=share, sampling=gen.sampling(ckpt),
-            chat=ckpt.chat_template, config=config, pool_size=config.resources.engines_per_checkpoint,
-            seed_salt=f"{config.seed}:{round_index}:responses", progress=progress))
+    """Every share's samples of every prompt: one actor pool per share, all fed from the same prompt stream; the
+    pools run side by side when the cluster has room for all of them, else Ray Data queues them."""
+    streams = [sample_pool(prompts, share, engine=engine, resources=resources,
+                           completion_template=completion_template, too_long=too_long, seed_salt=seed_salt,
+                           pool_size=pool_size, progress=progress) for share in shares]
     return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+
+
+@dataclass
+class Sample(Stage):
+    """Sample responses to prompts from a mix of checkpoints, with lineage (checkpoint, sample index, seed).
+
+    The prompts are the input stage's rows, or ``prompts`` when they come from elsewhere (held-out seed prompts).
+    Records tokens, tokens/s (end to end and steady), rows per checkpoint and too-long prompts.
+    """
+
+    name: str
+    shares: list[Share]
+    engine: EngineConfig
+    resources: ResourcesConfig
+    seed_salt: str
+    completion_template: str
+    too_long: str = "skip"
+    pool_size: int = 1
+    prompts: list[dict[str, Any]] | None = None
+    prompt_rows: int | None = None
+    """Rows of the input stage (for the progress bar's total), when the prompts come from one."""
+    needs: tuple[str, ...] = ("prompt_id", "prompt")
+    empty_hint: str = "no prompts reached the engines: check the input stage"
+    _started: float = field(default=0.0, repr=False)
+    progress: Any = field(default=None, repr=False)
+    """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+
+    def transform(self, data: Dataset | None) -> Dataset:
+        prompts = ray.data.from_items(self.prompts) if self.prompts is not None else data
+        assert prompts is not None, f"stage {self.name} has no prompts"
+        return generate_responses(prompts, self.shares, engine=self.engine, resources=self.resources,
+                                  completion_template=self.completion_template, too_long=self.too_long,
+                                  seed_salt=self.seed_salt, pool_size=self.pool_size, progress=self.progress)
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        rows = len(self.prompts) if self.prompts is not None else self.prompt_rows
+        self._started = time.time()
+        with StageProgress(self.name, None if rows is None else rows * sum(s.n for s in self.shares)) as progress:
+            self.progress = progress.counter
+            result = super().write(data, out)
+        result.stats["steady_tok_s"] = progress.final.get("steady_tok_s")
+        return result
+
+    def figures(self, out: Path, rows: int) -> dict[str, Any]:
+        stats = generation_stats(ray.data.read_parquet(str(out)))
+        return {**stats, "tokens_per_s": stats["output_tokens"] / max(time.time() - self._started, 1e-9),
+                "checkpoints": {s.checkpoint: s.model for s in self.shares}}
 
 
 def generation_stats(responses: Dataset) -> dict[str, Any]:

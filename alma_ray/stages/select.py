@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
+import ray.data
 from ray.data import Dataset
+
+from alma_ray.stages.base import Stage, shuffle_partitions
 
 
 def _best(group: pd.DataFrame) -> pd.DataFrame:
@@ -15,13 +22,26 @@ def _best(group: pd.DataFrame) -> pd.DataFrame:
     return best
 
 
-def shuffle_partitions(expected_rows: int, rows_per_partition: int = 200_000) -> int:
-    """Hash-shuffle partitions for a groupby: Ray's default (200) is far too many for a laptop-sized round."""
-    return max(1, min(1024, expected_rows // rows_per_partition))
-
-
 def select_best(scored: Dataset, *, expected_rows: int) -> Dataset:
     """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score."""
     valid = scored.filter(expr="judge_flag == ''")
     return valid.groupby("prompt_id", num_partitions=shuffle_partitions(expected_rows)).map_groups(
         _best, batch_format="pandas")
+
+
+@dataclass
+class SelectBest(Stage):
+    """D_r: the best-scored response of each prompt (the input: a scores stage of ``scored_rows`` rows)."""
+
+    scored_rows: int
+    name: str = "selected"
+    needs: tuple[str, ...] = ("prompt_id", "score", "judge_flag", "checkpoint", "sample_index")
+    empty_hint: str = "the judge flagged every response: see the scores stage's judge_flag column"
+
+    def transform(self, data: Dataset | None) -> Dataset:
+        assert data is not None
+        return select_best(data, expected_rows=self.scored_rows)
+
+    def figures(self, out: Path, rows: int) -> dict[str, Any]:
+        chosen = ray.data.read_parquet(str(out))
+        return {"mean_best": chosen.mean("score"), "mean_all": chosen.mean("mean_score")}

@@ -3,14 +3,16 @@
 Each request shows ``k_shot`` seed prompts drawn at random and leaves a slot for one more; the base model's
 completion, cleaned and filtered, is a candidate prompt. Requests are built from ``ray.data.range`` so the pool
 size is a matter of cluster size, and sampled through the same vLLM actor pool as responses. Deduplication,
-embeddings and clustering follow (``dedup``, ``embed``, ``cluster``; ``alma_ray.recipes.pool`` runs them).
+embeddings and clustering follow (``dedup``, ``embed``, ``cluster``; ``alma_ray.recipes.alma.pool`` runs them).
+``Synthesize`` is the stage: every candidate with the filter it failed, counted per filter in the manifest.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,12 @@ import pandas as pd
 import ray.data
 from ray.data import Dataset
 
-from alma_ray.config import Config
-from alma_ray.seeds import normalize, prompt_id
-from alma_ray.stages.generate import sample_pool, stable_seed
+from alma_ray.config import EngineConfig, ResourcesConfig, SynthesisConfig
+from alma_ray.ids import prompt_id, stable_seed
+from alma_ray.progress import StageProgress
+from alma_ray.stages.base import Stage
+from alma_ray.stages.generate import Share, sample_pool
+from alma_ray.store import StageOutput
 
 HEADER = "Below are requests that users sent to a helpful AI assistant.\n\n"
 SLOT = "Request:"
@@ -77,26 +82,56 @@ def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_cha
     })
 
 
-def synthesize_candidates(config: Config, *, base_model: str, seeds: list[str], known: Sequence[str] = (),
-                          progress: Any = None) -> Dataset:
+@dataclass
+class Synthesize(Stage):
     """Candidate prompts for the pool: one per few-shot request (shots drawn from ``seeds``), cleaned, each with
     the first filter it fails (``reject``, "" when it passes) and its lineage (request index, sampling seed,
     source). A candidate equal to a seed or to one of ``known`` (held-out prompts) is ``repeats_seed``."""
-    syn = config.synthesis
-    salt = f"{config.seed}:synthesis"
-    requests = ray.data.range(syn.num_requests).map_batches(
-        fewshot_requests,  # type: ignore[arg-type]
-        fn_kwargs=dict(seeds=seeds, k=syn.k_shot, salt=salt), batch_size=256)
-    completions = sample_pool(
-        requests, model=base_model, checkpoint="base", n=1,
-        sampling=dict(temperature=syn.temperature, top_p=syn.top_p, max_tokens=syn.max_tokens, stop=STOP),
-        chat=False, completion_template="{prompt}", config=config,
-        pool_size=config.resources.engines_per_checkpoint, seed_salt=salt, progress=progress)
-    return completions.map_batches(
-        classify,  # type: ignore[arg-type]
-        fn_kwargs=dict(seed_ids={prompt_id(s) for s in [*seeds, *known]}, min_chars=syn.min_chars,
-                       max_chars=syn.max_chars, keep_cut_off=syn.keep_cut_off, source=f"synth:{config.base_model}"),
-        batch_format="pandas")
+
+    syn: SynthesisConfig
+    model: str
+    """The base model's folder."""
+    source: str
+    """What the ``source`` column names (the base model as configured)."""
+    seeds: list[str]
+    known: list[str]
+    seed: int
+    engine: EngineConfig
+    resources: ResourcesConfig
+    seed_bad_lines: int = 0
+    name: str = "synthesis"
+    empty_hint: str = "raise synthesis.num_requests"
+    _window: float = field(default=0.0, repr=False)
+    progress: Any = field(default=None, repr=False)
+    """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+
+    def transform(self, data: Dataset | None) -> Dataset:
+        syn, salt = self.syn, f"{self.seed}:synthesis"
+        requests = ray.data.range(syn.num_requests).map_batches(
+            fewshot_requests,  # type: ignore[arg-type]
+            fn_kwargs=dict(seeds=self.seeds, k=syn.k_shot, salt=salt), batch_size=256)
+        base = Share("base", self.model, 1, dict(temperature=syn.temperature, top_p=syn.top_p,
+                                                 max_tokens=syn.max_tokens, stop=STOP), chat=False)
+        completions = sample_pool(requests, base, engine=self.engine, resources=self.resources,
+                                  completion_template="{prompt}", too_long="skip", seed_salt=salt,
+                                  pool_size=self.resources.engines_per_checkpoint, progress=self.progress)
+        return completions.map_batches(
+            classify,  # type: ignore[arg-type]
+            fn_kwargs=dict(seed_ids={prompt_id(s) for s in [*self.seeds, *self.known]}, min_chars=syn.min_chars,
+                           max_chars=syn.max_chars, keep_cut_off=syn.keep_cut_off, source=f"synth:{self.source}"),
+            batch_format="pandas")
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        with StageProgress(self.name, self.syn.num_requests) as progress:
+            self.progress = progress.counter
+            self.transform(data).write_parquet(str(out))
+        self._window = (progress.final.get("last_done") or 0) - (progress.final.get("first_start") or 0)
+        return self.counted(out)
+
+    def figures(self, out: Path, rows: int) -> dict[str, Any]:
+        return {"filters": filter_counts(ray.data.read_parquet(str(out))), "fewshot_seeds": len(self.seeds),
+                "seed_bad_lines_skipped": self.seed_bad_lines,
+                "steady_requests_per_s": self.syn.num_requests / self._window if self._window > 0 else None}
 
 
 def filter_counts(candidates: Dataset) -> dict[str, int]:
@@ -108,12 +143,3 @@ def filter_counts(candidates: Dataset) -> dict[str, int]:
         counts[row["reject"] or "passed"] = int(row["count()"])
     counts.setdefault("passed", 0)
     return counts
-
-
-def heldout_and_pool(seeds: list[str], *, heldout: int, seed: int) -> tuple[list[str], list[str]]:
-    """Split seeds into held-out prompts (probing checkpoints) and the few-shot pool, reproducibly."""
-    order = sorted(seeds, key=lambda s: stable_seed(seed, "heldout", normalize(s)))
-    if heldout >= len(order):
-        raise ValueError(f"synthesis.heldout={heldout} leaves no seed prompts for few-shot examples "
-                         f"(there are {len(order)}); lower it")
-    return order[:heldout], order[heldout:]

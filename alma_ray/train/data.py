@@ -73,7 +73,7 @@ def tokenize_judge(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int
                    max_response_chars: int) -> dict[str, list[Any]]:
     """(prompt, response, target) rows for the judge's rating loss: the judge prompt up to the rating slot plus
     a "1" (``input_ids``), the rating slot's index (``rating_pos``) and the 11-way target (one-hot or soft)."""
-    from alma_ray.stages.judge import ScoreTokens, judge_prompt_ids
+    from alma_ray.judge.rubric import ScoreTokens, judge_prompt_ids
 
     tok = _tokenizer(model)
     one = ScoreTokens.from_tokenizer(tok).digits[1]

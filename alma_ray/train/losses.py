@@ -7,7 +7,7 @@
 
 - ``judge``: cross-entropy between a target distribution over the ratings 0..10 (one-hot for an annotated
   integer, the teacher's distribution for self-distillation) and the judge's own p(0..10), read exactly as the
-  scorer reads it (``alma_ray.stages.judge.score_distribution``): the rating slot, plus the slot after a "1"
+  scorer reads it (``alma_ray.judge.rubric.score_distribution``): the rating slot, plus the slot after a "1"
   for 1 vs 10. One forward pass of (judge prompt + "1") gives both slots.
 """
 
@@ -71,7 +71,7 @@ def score_logprobs(first: torch.Tensor, after_one: torch.Tensor, digits: list[in
                    ) -> torch.Tensor:
     """log p(s) for s = 0..10 from the logits at the rating slot (``first``) and after a "1"; shape [batch, 11].
 
-    Differentiable twin of ``alma_ray.stages.judge.score_distribution`` (before its normalization): p(1) is "1"
+    Differentiable twin of ``alma_ray.judge.rubric.score_distribution`` (before its normalization): p(1) is "1"
     followed by no further digit, p(10) is "1" then "0" (plus a single "10" token where the tokenizer has one).
     """
     lp1 = first.float().log_softmax(-1)

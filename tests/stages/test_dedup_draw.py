@@ -9,7 +9,7 @@ import ray.data
 
 from alma_ray.config import DedupConfig
 from alma_ray.diversity import distinct_n, mean_pairwise_distance
-from alma_ray.seeds import prompt_id
+from alma_ray.ids import prompt_id
 from alma_ray.stages.cluster import PoolTooSmallError, size_histogram
 from alma_ray.stages.dedup import dedup, shingles
 from alma_ray.stages.draw import draw_prompts

@@ -12,8 +12,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from alma_ray.config import Config
-from alma_ray.stages.generate import TOO_LONG, generate_responses, generation_stats, split_samples, stable_seed
+from alma_ray.config import AlmaConfig
+from alma_ray.ids import stable_seed
+from alma_ray.stages.generate import TOO_LONG, generate_responses, generation_stats, mix, split_samples
 
 LINEAGE = ["round", "prompt_id", "cluster_id", "checkpoint", "sample_index", "seed"]
 
@@ -37,8 +38,8 @@ def test_per_checkpoint_sampling_overrides_the_section(tiny_model: str) -> None:
     assert config.generation.sampling(b)["max_tokens"] == 8 and config.generation.sampling(b)["temperature"] == 0
 
 
-def _config(model: str, *, too_long: str, batch_size: int = 4, max_tokens: int = 12) -> Config:
-    return Config(
+def _config(model: str, *, too_long: str, batch_size: int = 4, max_tokens: int = 12) -> AlmaConfig:
+    return AlmaConfig(
         base_model=model, judge={"model": model}, seed=7,
         generation={"n": 3, "max_tokens": max_tokens, "too_long": too_long, "checkpoints": [
             {"name": "a", "model": model, "weight": 2},
@@ -60,10 +61,12 @@ def _prompts(count: int, long_every: int = 0) -> Any:
     return ray.data.from_items(rows)
 
 
-def _run(config: Config, prompts: Any, out: Path, progress: Any = None) -> pd.DataFrame:
-    ds = generate_responses(prompts, config, round_index=1, checkpoints={"a": config.base_model,
-                                                                         "b": config.base_model},
-                            progress=progress)
+def _run(config: AlmaConfig, prompts: Any, out: Path, progress: Any = None) -> pd.DataFrame:
+    gen = config.generation
+    ds = generate_responses(prompts, mix(gen, {"a": config.base_model, "b": config.base_model}),
+                            engine=config.engine, resources=config.resources,
+                            completion_template=gen.completion_template, too_long=gen.too_long,
+                            seed_salt=f"{config.seed}:1:responses", pool_size=1, progress=progress)
     ds.write_parquet(str(out))
     return pd.read_parquet(out)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from alma_ray.seeds import prompt_id
+from alma_ray.ids import prompt_id
 from alma_ray.stages.synthesize import FILTERS, HEADER, SLOT, classify, clean
 
 

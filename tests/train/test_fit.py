@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from alma_ray.config import Config
+from alma_ray.config import AlmaConfig
 from alma_ray.train.loop import fit
+from alma_ray.train.objectives import DPO, SFT, JudgeRating, Reward
 
 
-def _config(model: str, **train: object) -> Config:
-    return Config.model_validate(dict(
+def _config(model: str, **train: object) -> AlmaConfig:
+    return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, generation={"checkpoints": [{"name": "a", "model": model}]},
         train={"micro_batch": 2, "max_seq_len": 64, "lr": 1e-3, "epochs": 3, "report_every": 2, **train},
         resources={"train_workers": 2}))
@@ -34,7 +35,9 @@ def test_dpo_starts_at_log2_and_learns(tiny_model: str, tmp_path: Path) -> None:
 
     out = tmp_path / "round_001" / "dpo"
     config = _config(tiny_model, zero_stage=2, dpo_reference="precomputed")
-    metrics = fit(_pairs(), config, objective="dpo", model=tiny_model, out_dir=out, seed=0)
+    dpo = DPO.of(config.train, completion_template=config.generation.completion_template)
+    metrics = fit(_pairs(), dpo, train=config.train, resources=config.resources, model=tiny_model, out_dir=out,
+                  seed=0)
     # Policy == reference at the first step: every margin is 0 and the loss is exactly log 2.
     assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
     assert metrics["losses"][-1] < metrics["losses"][0]
@@ -52,8 +55,9 @@ def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
 
     heldout = ray.data.from_items([{"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}",
                                     "rejected": "no"} for t in ["snow", "a forest", "the wind", "a bridge"]])
-    metrics = fit(_pairs(), _config(tiny_model, zero_stage=3), objective="reward", model=tiny_model, out_dir=out,
-                  seed=0, heldout=heldout)
+    config = _config(tiny_model, zero_stage=3)
+    metrics = fit(_pairs(), Reward(config.generation.completion_template), train=config.train,
+                  resources=config.resources, model=tiny_model, out_dir=out, seed=0, heldout=heldout)
     assert metrics["losses"][-1] < metrics["losses"][0]
     # Held-out pairs, evaluated by every rank after training (ZeRO-3: the forward pass needs them all).
     assert metrics["heldout_batches"] == 2 and metrics["heldout_pair_accuracy"] == 1.0
@@ -71,9 +75,12 @@ def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
 def test_missing_columns_are_named(tiny_model: str) -> None:
     import ray.data
 
-    with pytest.raises(ValueError, match="missing \\['chosen', 'rejected'\\]"):
-        fit(ray.data.from_items([{"prompt": "a", "response": "b"}]), _config(tiny_model), objective="dpo",
-            model=tiny_model, out_dir=Path("unused"), seed=0)
+    from alma_ray.errors import StageInputError
+
+    config = _config(tiny_model)
+    with pytest.raises(StageInputError, match="missing \\['chosen', 'rejected'\\]"):
+        fit(ray.data.from_items([{"prompt": "a", "response": "b"}]), DPO(), train=config.train,
+            resources=config.resources, model=tiny_model, out_dir=Path("unused"), seed=0)
 
 
 def _registered_state_checkpoint(storage: Path) -> bool:
@@ -110,7 +117,8 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: 
 
     def work() -> None:
         try:
-            result["metrics"] = fit(examples, config, objective="sft", model=tiny_model, out_dir=out, seed=0)
+            result["metrics"] = fit(examples, SFT(), train=config.train, resources=config.resources,
+                                    model=tiny_model, out_dir=out, seed=0)
         except BaseException as e:  # noqa: BLE001 - reported below
             result["error"] = e
 
@@ -144,7 +152,7 @@ def test_judge_learns_the_annotated_ratings(tiny_model: str, tmp_path: Path) -> 
     import ray.data
 
     from alma_ray.config import EngineConfig
-    from alma_ray.stages.judge import Judge
+    from alma_ray.judge.engine import Judge
     from alma_ray.train.data import one_hot_ratings
 
     topics = ["rain", "the sea", "bread", "a city", "winter", "a garden", "the moon", "a river"]
@@ -158,7 +166,8 @@ def test_judge_learns_the_annotated_ratings(tiny_model: str, tmp_path: Path) -> 
     rows[0]["target"] = np.array([0] * 8 + [0.3, 0.5, 0.2], dtype=np.float32)  # a soft (self-distilled) row
     out = tmp_path / "judge" / "judge"
     config = _config(tiny_model, max_seq_len=1024, epochs=10, lr=3e-3, bucket_window=1)
-    metrics = fit(ray.data.from_items(rows), config, objective="judge", model=tiny_model, out_dir=out, seed=0)
+    metrics = fit(ray.data.from_items(rows), JudgeRating(), train=config.train, resources=config.resources,
+                  model=tiny_model, out_dir=out, seed=0)
     assert metrics["losses"][-1] < metrics["losses"][0] / 2
     judge = Judge(str(out), name="tiny-judge", version="t", chat=None, max_response_chars=4000,
                   engine=EngineConfig(max_model_len=1024, dtype="float32"), use_gpu=False)

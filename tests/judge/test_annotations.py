@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma_ray.annotations import (
+from alma_ray.judge.annotations import (
     SCORES,
     AnnotationError,
     demo_annotations,

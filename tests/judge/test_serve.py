@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from alma_ray.config import Config
+from alma_ray.config import AlmaConfig
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -39,11 +39,10 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str) -> N
     import ray.data
     from ray import serve
 
-    from alma_ray.judge_service import APP, ROUTE, judge_service
-    from alma_ray.stages.judge import judge_responses
+    from alma_ray.judge.serve import APP, ROUTE, Panel, ServedJudge, judge_service, score_dataset
 
     port = _free_port()
-    config = Config.model_validate(dict(
+    config = AlmaConfig.model_validate(dict(
         base_model=tiny_model, generation={"checkpoints": [{"name": "a", "model": tiny_model}]},
         judge={"model": tiny_model, "version": "t1", "max_response_chars": 100_000, "max_batch_size": 16,
                "http_port": port, "ensemble": [{"name": "plain", "model": tiny_model, "weight": 3,
@@ -52,7 +51,9 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str) -> N
     pairs = [{"prompt": f"tell me about {w}", "response": f"{w} is a word"} for w in ["rain", "sea", "moon"]]
     bad = [{"prompt": "hi", "response": ""}, {"prompt": "hi", "response": "rain " * 5000},
            {"prompt": "hi", "response": None}, {"prompt": "hi", "response": 7}]
-    with judge_service(config, {"main": tiny_model, "plain": tiny_model}) as handle:
+    panel = Panel.of(config.judge, [ServedJudge(m.name, tiny_model, m.weight, m.chat_template)
+                                    for m in config.judge.members])
+    with judge_service(panel, config.engine, config.resources) as handle:
         rows = handle.score.remote(pairs + bad).result()
         for r in rows[:3]:
             assert r["judge_flag"] == "" and 0 <= r["score"] <= 10
@@ -64,7 +65,7 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str) -> N
         assert all(math.isnan(r["score"]) for r in rows[3:])
 
         # The pipeline path: Ray Data calls the handle; every row comes back, with lineage.
-        scored = judge_responses(ray.data.from_items(pairs * 8), config).take_all()
+        scored = score_dataset(ray.data.from_items(pairs * 8), batch_size=16, resources=config.resources).take_all()
         assert len(scored) == 24 and {row["score"] for row in scored} == {r["score"] for r in rows[:3]}
 
         # HTTP: one pair, a list, bad JSON, and 64 concurrent requests with no error.

@@ -1,6 +1,8 @@
-"""The judge as a Ray Serve application: one deployment per judge of the ensemble, an ingress that aggregates.
+"""The judge as a Ray Serve application: one deployment per judge of the panel, an ingress that aggregates; and
+its Ray Data caller.
 
-- ``JudgeReplica`` holds one vLLM engine (``alma_ray.stages.judge.Judge``). Its ``score`` takes a list of
+- ``Panel`` says which judges one app serves (name, model folder, weight, prompt format) and how it batches.
+- ``JudgeReplica`` holds one vLLM engine (``alma_ray.judge.engine.Judge``). Its ``score`` takes a list of
   pairs; ``@serve.batch`` merges concurrent calls into one vLLM call of up to ``judge.max_batch_size`` pairs,
   and runs one batch at a time in a worker thread: the sync engine is never entered twice, and the replica's
   event loop stays free for health checks and new requests.
@@ -8,6 +10,8 @@
   fans each chunk out to every judge and returns, per pair, the weighted mean score over the judges that
   scored it, with each judge's own result. ``POST /`` on ``judge.http_host:http_port`` takes
   ``{"prompt": ..., "response": ...}`` or a list of them, for people and other tools.
+
+- ``score_dataset`` scores a Ray Data stream through the running app (``ServeScoring`` actors call its handle).
 
 Replica count (``resources.judge_engines`` per judge) and each replica's resources come from the config, the
 same way the Ray Data engine pools are sized (``alma_ray.placement``).
@@ -17,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.data import ActorPoolStrategy, Dataset
 from ray.serve.handle import DeploymentHandle
 
-from alma_ray.config import Config
+from alma_ray.config import EngineConfig, JudgeConfig, ResourcesConfig
 from alma_ray.engine import actor_remote_args
 
 APP = "alma-judge"
@@ -41,8 +47,7 @@ class JudgeReplica:
 
     def __init__(self, model: str, *, name: str, version: str, chat: bool | None, max_response_chars: int,
                  engine: dict[str, Any], use_gpu: bool, max_batch_size: int) -> None:
-        from alma_ray.config import EngineConfig
-        from alma_ray.stages.judge import Judge
+        from alma_ray.judge.engine import Judge
 
         self.judge = Judge(model, name=name, version=version, chat=chat, max_response_chars=max_response_chars,
                            engine=EngineConfig(**engine), use_gpu=use_gpu)
@@ -124,48 +129,86 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def ensemble_name(config: Config) -> str:
-    """The ``judge`` lineage value: the model for one judge, else every judge's name, model and weight."""
-    members = config.judge.members
-    if len(members) == 1:
-        return members[0].model
-    return "ensemble(" + ",".join(f"{m.name}={m.model}*{m.weight:g}" for m in members) + ")"
+@dataclass(frozen=True)
+class ServedJudge:
+    """One judge of a panel: ``model`` is the folder its engine loads; ``label`` what lineage calls it."""
+
+    name: str
+    model: str
+    weight: float = 1.0
+    chat: bool | None = None
+    label: str = ""
+
+    @property
+    def lineage(self) -> str:
+        return self.label or self.model
 
 
-def build_app(config: Config, models: dict[str, str]) -> Any:
-    """The Serve application; ``models`` maps each judge's name to its resolved model folder."""
-    j, res = config.judge, config.resources
-    options = actor_remote_args(config.engine, use_gpu=res.use_gpu, cpus=res.cpus_per_engine)
+@dataclass(frozen=True)
+class Panel:
+    """The judges one Serve application holds, how it reads responses, batches and listens."""
+
+    judges: tuple[ServedJudge, ...]
+    version: str
+    max_response_chars: int
+    max_batch_size: int
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    @classmethod
+    def of(cls, judge: JudgeConfig, judges: list[ServedJudge]) -> Panel:
+        """A panel of ``judges`` with the judge section's prompt, batching and HTTP settings."""
+        return cls(tuple(judges), version=judge.version, max_response_chars=judge.max_response_chars,
+                   max_batch_size=judge.max_batch_size, http_host=judge.http_host, http_port=judge.http_port)
+
+    @classmethod
+    def compare(cls, judge: JudgeConfig, models: Mapping[str, str]) -> Panel:
+        """A panel that scores with each of ``models`` (name -> folder) side by side, one weight each (the judge
+        build's evaluation and self-distillation scoring)."""
+        return cls.of(judge, [ServedJudge(name, model, chat=judge.chat_template) for name, model in models.items()])
+
+    @property
+    def name(self) -> str:
+        """The ``judge`` lineage value: the model for one judge, else every judge's name, model and weight."""
+        if len(self.judges) == 1:
+            return self.judges[0].lineage
+        return "ensemble(" + ",".join(f"{j.name}={j.lineage}*{j.weight:g}" for j in self.judges) + ")"
+
+
+def build_app(panel: Panel, engine: EngineConfig, resources: ResourcesConfig) -> Any:
+    """The Serve application of ``panel``: one deployment per judge, the ingress in front."""
+    options = actor_remote_args(engine, use_gpu=resources.use_gpu, cpus=resources.cpus_per_engine)
     judges = {}
-    for m in j.members:
+    for j in panel.judges:
         replica = JudgeReplica.options(  # type: ignore[attr-defined]
-            name=f"judge-{m.name}", num_replicas=res.judge_engines, ray_actor_options=options,
-            max_ongoing_requests=4 * max(1, j.max_batch_size))
-        judges[m.name] = replica.bind(models[m.name], name=m.name, version=j.version, chat=m.chat_template,
-                                      max_response_chars=j.max_response_chars,
-                                      engine=config.engine.model_dump(), use_gpu=res.use_gpu,
-                                      max_batch_size=j.max_batch_size)
+            name=f"judge-{j.name}", num_replicas=resources.judge_engines, ray_actor_options=options,
+            max_ongoing_requests=4 * max(1, panel.max_batch_size))
+        judges[j.name] = replica.bind(j.model, name=j.name, version=panel.version, chat=j.chat,
+                                      max_response_chars=panel.max_response_chars,
+                                      engine=engine.model_dump(), use_gpu=resources.use_gpu,
+                                      max_batch_size=panel.max_batch_size)
     return JudgeEnsemble.options(max_ongoing_requests=1024).bind(  # type: ignore[attr-defined]
-        judges, {m.name: m.weight for m in j.members}, name=ensemble_name(config), version=j.version,
-        chunk=j.max_batch_size)
+        judges, {j.name: j.weight for j in panel.judges}, name=panel.name, version=panel.version,
+        chunk=panel.max_batch_size)
 
 
 @contextlib.contextmanager
-def judge_service(config: Config, models: dict[str, str]) -> Iterator[DeploymentHandle]:
-    """Start the judge application (HTTP on ``judge.http_host:http_port``), yield its handle, then delete it."""
-    serve.start(http_options={"host": config.judge.http_host, "port": config.judge.http_port})
-    handle = serve.run(build_app(config, models), name=APP, route_prefix=ROUTE)
+def judge_service(panel: Panel, engine: EngineConfig, resources: ResourcesConfig, *, app: str = APP
+                  ) -> Iterator[DeploymentHandle]:
+    """Start the judge application (HTTP on the panel's host and port), yield its handle, then delete it."""
+    serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
+    handle = serve.run(build_app(panel, engine, resources), name=app, route_prefix=ROUTE)
     try:
         yield handle
     finally:
-        serve.delete(APP)
+        serve.delete(app)
 
 
 class ServeScoring:
     """Ray Data actor: scores a batch of responses through the judge application's handle (the pipeline path)."""
 
-    def __init__(self) -> None:
-        self.handle = serve.get_app_handle(APP)
+    def __init__(self, app: str = APP) -> None:
+        self.handle = serve.get_app_handle(app)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         pairs = [{"prompt": p, "response": r} for p, r in zip(batch["prompt"], batch["response"])]
@@ -178,3 +221,11 @@ class ServeScoring:
         out["member_score_ints"] = [r["member_score_ints"] for r in rows]
         return out
 
+
+def score_dataset(responses: Dataset, *, batch_size: int, resources: ResourcesConfig, app: str = APP) -> Dataset:
+    """Score every (prompt, response) row of ``responses`` through the running judge application ``app``.
+
+    Output columns as ``Judge.score``, plus ``judge``, ``judge_version`` and ``member_scores`` (each judge's own).
+    """
+    return responses.map_batches(ServeScoring, fn_constructor_kwargs=dict(app=app), batch_size=batch_size,
+                                 compute=ActorPoolStrategy(size=2 * resources.judge_engines), num_cpus=0)

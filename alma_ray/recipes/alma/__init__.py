@@ -1,0 +1,129 @@
+"""ALMA. Round 0 builds the judge (when judge.build is set: ``judge``) and the prompt pool (few-shot synthesis,
+dedup, embeddings, k-means: ``pool``). Then each round: draw K prompts from K clusters -> sample N responses from
+the checkpoint mix -> judge -> best-of-N -> SFT the base model on D_1..D_r -> probe the new checkpoint.
+
+Every stage is committed to the run directory (alma_ray.store) and skipped when a rerun finds it done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig, names_run_model
+from alma_ray.ids import prompt_id
+from alma_ray.judge.annotations import accuracy_table
+from alma_ray.judge.serve import Panel, ServedJudge
+from alma_ray.models.registry import resolve_model
+from alma_ray.placement import Plan
+from alma_ray.recipes.alma import report
+from alma_ray.recipes.alma.judge import build_judge
+from alma_ray.recipes.alma.plan import plan
+from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw
+from alma_ray.recipes.base import Log, Run, RunSummary
+from alma_ray.seeds import heldout_and_pool, load_seeds
+from alma_ray.stages.generate import Sample, Share, mix
+from alma_ray.stages.score import Score
+from alma_ray.stages.select import SelectBest
+from alma_ray.stages.train import Train
+from alma_ray.store import RunStore
+from alma_ray.train.objectives import SFT
+
+
+def round_model(model: str, *, latest: str | None, round_one: list[str]) -> str | None:
+    """The folder a checkpoint's ``model`` names this round: a fixed model, or one this run trained (or None)."""
+    if model == LATEST:
+        return latest
+    if model.startswith(ROUND_ONE):
+        k = int(model[len(ROUND_ONE):])
+        return round_one[k] if k < len(round_one) else None
+    return None
+
+
+@dataclass
+class Trained:
+    """What the rounds so far have produced: D_1..D_r and the models (ALMA's M1a, M1b, and the latest)."""
+
+    selected: list[str] = field(default_factory=list)
+    latest: str | None = None
+    round_one: list[str] = field(default_factory=list)
+
+    def models(self, config: AlmaConfig, fixed: dict[str, str]) -> dict[str, str]:
+        """Checkpoint name -> folder for this round's mix: the fixed models and those this run has trained."""
+        out = dict(fixed)
+        for c in config.generation.checkpoints:
+            if (folder := round_model(c.model, latest=self.latest, round_one=self.round_one)) is not None:
+                out[c.name] = folder
+        return out
+
+
+class ALMARecipe:
+    name = "alma"
+
+    def plan(self, config: AlmaConfig) -> Plan:
+        return plan(config)
+
+    def report(self, run_dir: Path) -> list[Path]:
+        return report.write_all(run_dir)
+
+    def run(self, config: AlmaConfig, store: RunStore, log: Log = print) -> RunSummary:
+        started = time.time()
+        run = Run(store, log)
+        base = resolve_model(config.base_model)
+        seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
+                           max_chars=config.synthesis.max_seed_chars)
+        heldout, fewshot = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
+        log(f"seeds: {len(seeds.prompts)} prompts ({len(fewshot)} few-shot pool, {len(heldout)} held out), "
+            f"{seeds.skipped_bad_lines} bad lines skipped")
+        judges = {m.name: ServedJudge(m.name, resolve_model(m.model), m.weight, m.chat_template, label=m.model)
+                  for m in config.judge.members}
+        if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
+            main = judges[config.judge.name]
+            built = build_judge(config, run, base=base, judge_start=main.model, seed_prompts=fewshot)
+            judges[main.name] = ServedJudge(main.name, built.model, main.weight, main.chat,
+                                            label=f"round_000/{built.stage}")
+            log("judge accuracy on held-out preference pairs:\n" + accuracy_table(built.table))
+        panel = Panel.of(config.judge, list(judges.values()))
+        pool = build_pool(config, run, base=base, seeds=fewshot, heldout=heldout,
+                          seed_bad_lines=seeds.skipped_bad_lines)
+        log(f"[round 0] report -> {report.write_round(store.path(0, ''))}")
+        fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
+                 if not names_run_model(c.model)}
+        trained = Trained()
+        for r in range(1, config.rounds + 1):
+            self.round(config, run, r, pool=pool, panel=panel, base=base, fixed=fixed, trained=trained,
+                       heldout=heldout)
+            log(f"[round {r}] report -> {report.write_round(store.path(r, ''))}")
+        run.summary.wall_s = time.time() - started
+        return run.summary
+
+    def round(self, config: AlmaConfig, run: Run, r: int, *, pool: PromptPool, panel: Panel, base: str,
+              fixed: dict[str, str], trained: Trained, heldout: list[str]) -> None:
+        """One round: draw -> generate -> score -> select -> train -> probe."""
+        gen, engine, res, train = config.generation, config.engine, config.resources, config.train
+        prompts = draw(config, run, r, pool)
+        responses = run.stage(r, Sample(
+            "responses", mix(gen, trained.models(config, fixed)), engine, res, seed_salt=f"{config.seed}:{r}:responses",
+            completion_template=gen.completion_template, too_long=gen.too_long,
+            pool_size=res.engines_per_checkpoint, prompt_rows=prompts.manifest.rows), read=prompts)
+        scores = run.stage(r, Score(panel, engine, res), read=responses)
+        selected = run.stage(r, SelectBest(scored_rows=scores.manifest.rows), read=scores)
+        trained.selected.append(str(selected.path))
+        init = base if train.init == "base" or trained.latest is None else trained.latest
+        sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train, res,
+                                  model=init, seed=train.seed + k, examples=list(trained.selected)), after=[selected])
+               for k in range(train.round_one_seeds if r == 1 else 1)]
+        trained.latest = str(sft[0].path)
+        if r == 1:
+            trained.round_one = [str(s.path) for s in sft]
+        if heldout:
+            probe = Share(f"round_{r:03d}/sft", trained.latest, 1, dict(
+                temperature=gen.probe_temperature, max_tokens=gen.max_tokens, stop=gen.stop or None))
+            run.stage(r, Sample("probe", [probe], engine, res, seed_salt=f"{config.seed}:{r}:probe",
+                                completion_template=gen.completion_template, too_long=gen.too_long,
+                                prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p} for p in heldout]),
+                      after=[sft[0]])
+
+
+ALMA = ALMARecipe()

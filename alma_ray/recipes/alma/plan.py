@@ -1,0 +1,60 @@
+"""ALMA's plan: the stages of round 0 and of each round (with the checkpoint mix per round), and the actors each
+stage starts. Pure: config in, ``Plan`` out."""
+
+from __future__ import annotations
+
+from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig
+from alma_ray.placement import Plan, Pool, engine_pool, train_pool
+from alma_ray.stages.generate import split_samples
+
+
+def mix_line(config: AlmaConfig, r: int) -> str:
+    """Round ``r``'s checkpoint mix, e.g. ``m1a x2, m1b x1`` (checkpoints without a model yet give way)."""
+    gen, seeds = config.generation, config.train.round_one_seeds
+
+    def present(model: str) -> bool:
+        if model == LATEST:
+            return r > 1
+        if model.startswith(ROUND_ONE):
+            return r > 1 and int(model[len(ROUND_ONE):]) < seeds
+        return True
+
+    here = [c for c in gen.checkpoints if present(c.model)]
+    shares = split_samples(gen.n, [c.weight for c in here]) if here else []
+    return ", ".join(f"{c.name} x{k}" for c, k in zip(here, shares) if k) or "(no checkpoint has a model)"
+
+
+def plan(config: AlmaConfig) -> Plan:
+    res, eng = config.resources, config.engine
+    judge_pools = [engine_pool("scores", f"serve-judge:{m.name}", res.judge_engines, engine=eng, resources=res)
+                   for m in config.judge.members]
+    pools: list[Pool] = []
+    steps = []
+    if (build := config.judge.build) is not None:
+        pools.append(train_pool("judge_sft", "judge-train-worker", res))
+        built = ["annotations", "judge_sft"]
+        if build.distill_pairs:
+            pools += [engine_pool("distill_pairs", "base", 1, engine=eng, resources=res),
+                      engine_pool("distill_scores", "serve-judge:sft", res.judge_engines, engine=eng, resources=res),
+                      train_pool("judge_distill", "judge-train-worker", res)]
+            built += ["distill_pairs", "distill_scores", "judge_distill"]
+        evaluated = ["base", "sft", *(["distilled"] if build.distill_pairs else [])]
+        pools += [engine_pool("judge_eval", f"serve-judge:{name}", res.judge_engines, engine=eng, resources=res)
+                  for name in evaluated]
+        steps.append(("round 0", "judge build: " + " -> ".join([*built, "judge_eval"])))
+    pools += [engine_pool("synthesis", "base", res.engines_per_checkpoint, engine=eng, resources=res),
+              engine_pool("embeddings", "base-embedder", res.engines_per_checkpoint, engine=eng, resources=res,
+                          gpus=1.0)]
+    steps.append(("round 0", "prompt pool: synthesis -> pool -> embeddings -> clusters"))
+    pools += [engine_pool("responses", f"checkpoint:{c.name}", res.engines_per_checkpoint, engine=eng, resources=res)
+              for c in config.generation.checkpoints]
+    pools += judge_pools
+    pools.append(train_pool("sft", "sft-worker", res))
+    pools.append(engine_pool("probe", "sft-checkpoint", 1, engine=eng, resources=res))
+    probe = " -> probe" if config.synthesis.heldout else ""
+    for r in range(1, min(config.rounds, 3) + 1):
+        seeds = f" (x{config.train.round_one_seeds} seeds)" if r == 1 and config.train.round_one_seeds > 1 else ""
+        when = f"round {r}" if r < 3 or config.rounds == 3 else f"rounds 3-{config.rounds}"
+        steps.append((when, f"prompts -> responses [{mix_line(config, r)}] -> scores -> selected -> "
+                            f"sft{seeds}{probe}"))
+    return Plan("alma", tuple(pools), tuple(steps))

@@ -1,0 +1,90 @@
+"""What every recipe is and runs with (modelled on torchtune's recipe interfaces).
+
+A ``Recipe`` has three parts: ``plan(config)`` (pure: the stages in order and the actors each starts, printed at
+start and unit-tested), ``run(config, store, log)`` (run or resume every stage; returns a ``RunSummary``) and
+``report(run_dir)`` (rebuild the per-round reports from what the stages committed).
+
+Inside ``run`` a recipe calls ``Run.stage`` once per stage: the stage object (``alma_ray.stages``) says what it
+needs and writes; ``Run.stage`` checks its input's columns, commits it through the store (or finds it done), and
+logs one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray.data
+
+from alma_ray.config import AnyConfig
+from alma_ray.placement import Plan
+from alma_ray.stages.base import Stage
+from alma_ray.store import RunStore, StageOutput, StageResult
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    results: list[StageResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def json(self) -> dict[str, Any]:
+        rows: dict[str, int] = {}
+        wall: dict[str, float] = {}
+        for r in self.results:
+            rows[r.manifest.stage] = rows.get(r.manifest.stage, 0) + r.manifest.rows
+            if not r.skipped:
+                wall[r.manifest.stage] = round(wall.get(r.manifest.stage, 0.0) + r.manifest.wall_s, 2)
+        skipped = [f"round_{r.manifest.round:03d}/{r.manifest.stage}" for r in self.results if r.skipped]
+        return {"run_dir": str(self.run_dir), "rows": rows, "wall_s": wall, "skipped": skipped}
+
+
+class Run:
+    """A recipe's handle on its run directory: runs stages against the store, logs a line for each."""
+
+    def __init__(self, store: RunStore, log: Log = print) -> None:
+        self.store, self.log = store, log
+        self.summary = RunSummary(store.run_dir)
+
+    def stage(self, round_index: int, stage: Stage, read: StageResult | None = None,
+              after: Sequence[StageResult] = ()) -> StageResult:
+        """Run ``stage`` on the rows of ``read`` (None: it makes its own) unless it is committed; ``read`` and
+        ``after`` are its inputs: a stage built from other inputs than a committed one's is refused."""
+        inputs = {s.manifest.stage: s.manifest for s in [*([read] if read else []), *after]}
+
+        def write(out: Path) -> StageOutput:
+            data = None
+            if read is not None:
+                data = ray.data.read_parquet(str(read.data))
+                stage.check(data, read.data)
+            return stage.write(data, out)
+
+        result = self.store.run_stage(round_index, stage.name, write, inputs)
+        self.summary.results.append(result)
+        m = result.manifest
+        state = "skipped (done)" if result.skipped else f"{m.wall_s:7.1f} s"
+        rate = f", {m.stats['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in m.stats else ""
+        self.log(f"[round {m.round}] {m.stage:<10} {m.rows:>7} rows  {state}{rate}  -> {result.path}")
+        return result
+
+
+class Recipe(Protocol):
+    name: str
+
+    def plan(self, config: Any) -> Plan:
+        """The stages in order and the actors each starts (pure)."""
+
+    def run(self, config: Any, store: RunStore, log: Log = print) -> RunSummary:
+        """Run or resume every stage of ``config`` in ``store``."""
+
+    def report(self, run_dir: Path) -> list[Path]:
+        """Rebuild the run's reports from its committed stages; returns the files written."""
+
+
+def open_store(config: AnyConfig) -> RunStore:
+    """The run directory of ``config``, bound to its digest (refused when it holds a run of another config)."""
+    return RunStore(config.run_dir, config.digest(), config.to_yaml())

@@ -1,0 +1,116 @@
+"""The judge build's own stages (ALMA's judge, built once in round 0; ``alma_ray.recipes.alma.judge`` runs them):
+
+- ``Annotations``: (prompt, response, score) rows, split by question into train and held-out.
+- ``HeldoutAccuracy``: pairwise accuracy on the held-out preference pairs of several judges side by side,
+  integer (the most likely rating) and real-valued (sum p(s) s), in one Serve app with all of them as members.
+
+``distill_rows`` turns the fine-tuned judge's scores of the distill pairs into self-distillation targets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+
+from alma_ray.config import EngineConfig, JudgeBuildConfig, JudgeConfig, ResourcesConfig
+from alma_ray.judge.annotations import (
+    DEMO,
+    demo_annotations,
+    load_annotations,
+    pairwise_accuracy,
+    preference_pairs,
+    split_by_question,
+)
+from alma_ray.judge.serve import Panel, judge_service, score_dataset
+from alma_ray.stages.base import Stage
+from alma_ray.store import StageOutput
+from alma_ray.train.data import one_hot_ratings
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    """A small list of rows (collected by design: annotations, accuracy tables) as one parquet file."""
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "part-0.parquet")
+
+
+@dataclass
+class Annotations(Stage):
+    """The judge's annotations, each row with its ``split`` (train or heldout), ``method`` and ``source``."""
+
+    build: JudgeBuildConfig
+    seed: int
+    name: str = "annotations"
+    empty_hint: str = "the annotation file has no rows"
+
+    def write(self, data: Any, out: Path) -> StageOutput:
+        b = self.build
+        rows = demo_annotations(self.seed) if b.annotations == DEMO else load_annotations(b.annotations)
+        train, held = split_by_question(rows, b.heldout, seed=self.seed)
+        write_rows([{**r, "split": "train"} for r in train] + [{**r, "split": "heldout"} for r in held], out)
+        methods: dict[str, int] = {}
+        for r in rows:
+            methods[r["method"]] = methods.get(r["method"], 0) + 1
+        return self.counted(out, train=len(train), heldout=len(held), methods=methods,
+                            heldout_pairs=len(preference_pairs(held)), source=b.annotations)
+
+
+@dataclass
+class HeldoutAccuracy(Stage):
+    """Pairwise accuracy of every judge in ``models`` (name -> folder) on the held-out preference pairs."""
+
+    judge: JudgeConfig
+    models: dict[str, str]
+    held_rows: list[dict[str, Any]]
+    engine: EngineConfig
+    resources: ResourcesConfig
+    name: str = "judge_eval"
+
+    def write(self, data: Any, out: Path) -> StageOutput:
+        table = heldout_accuracy(Panel.compare(self.judge, self.models), self.held_rows, engine=self.engine,
+                                 resources=self.resources)
+        write_rows(table, out)
+        (out / "accuracy.json").write_text(json.dumps(table, indent=1))
+        return self.counted(out, table=table)
+
+
+def heldout_accuracy(panel: Panel, held_rows: list[dict[str, Any]], *, engine: EngineConfig,
+                     resources: ResourcesConfig) -> list[dict[str, Any]]:
+    """Pairwise accuracy on the held-out preference pairs of every judge of ``panel``, integer and real-valued."""
+    pairs = preference_pairs(held_rows)
+    texts = sorted({(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")})
+    with judge_service(panel, engine, resources):  # held-out pairs only: small enough to collect
+        scored = score_dataset(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
+                               batch_size=panel.max_batch_size, resources=resources).take_all()
+    lookup = {(r["prompt"], r["response"]): r for r in scored}
+    rows = []
+    for member in (j.name for j in panel.judges):
+        for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores")):
+            def value(prompt: str, response: str, member: str = member, key: str = key) -> float:
+                v = float(lookup[(prompt, response)][key][member])
+                return float("nan") if (key == "member_score_ints" and v < 0) else v
+
+            acc = pairwise_accuracy(np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
+                                    np.array([value(p["prompt"], p["rejected"]) for p in pairs]))
+            rows.append({"judge": member, "scores": kind, **acc.row()})
+    return rows
+
+
+def distill_rows(scores: Path, target: str) -> list[dict[str, Any]]:
+    """Training rows from the judge's scores of the distill pairs (flagged rows left out): the target is the
+    judge's 11-way distribution as soft labels (``distribution``) or its expected score rounded (``rounded``)."""
+    scored = pq.read_table(scores, columns=["prompt", "response", "score", "score_dist", "judge_flag"]).to_pylist()
+    rows = []
+    for r in scored:
+        if r["judge_flag"]:
+            continue
+        dist = np.asarray(r["score_dist"], dtype=np.float32)
+        label = dist / dist.sum() if target == "distribution" else one_hot_ratings([int(round(r["score"]))])[0]
+        rows.append({"prompt": r["prompt"], "response": r["response"], "target": label})
+    return rows

@@ -1,0 +1,46 @@
+"""Training as a stage: fit a model with an objective on the examples (Ray Train + DeepSpeed ZeRO,
+``alma_ray.train.loop.fit``); the stage directory is the trained HF folder, with ``train_metrics.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.data
+from ray.data import Dataset
+
+from alma_ray.config import ResourcesConfig, TrainConfig
+from alma_ray.stages.base import Stage
+from alma_ray.store import StageOutput
+from alma_ray.train.loop import fit
+from alma_ray.train.objectives import Objective
+
+
+@dataclass
+class Train(Stage):
+    """Train ``model`` with ``objective`` on ``examples``: committed stages' row directories (read lazily and
+    unioned, e.g. ALMA's D_1..D_r) or a dataset."""
+
+    name: str
+    objective: Objective
+    train: TrainConfig
+    resources: ResourcesConfig
+    model: str
+    seed: int
+    examples: list[str] | Dataset
+    run_name: str | None = None
+    figures_extra: dict[str, Any] = field(default_factory=dict)
+    """Recorded beside the training metrics (e.g. which targets a judge trained on)."""
+
+    def rows(self) -> Dataset:
+        if isinstance(self.examples, list):
+            return ray.data.read_parquet(self.examples).select_columns(list(self.objective.columns))
+        return self.examples
+
+    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+        rows = self.rows()
+        metrics = fit(rows, self.objective, train=self.train, resources=self.resources, model=self.model,
+                      out_dir=out, seed=self.seed, run_name=self.run_name)
+        return StageOutput(rows=rows.count(), stats={**self.figures_extra,
+                                                     **{k: v for k, v in metrics.items() if k != "losses"}})

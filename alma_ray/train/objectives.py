@@ -1,0 +1,231 @@
+"""Training objectives as objects: each declares its columns, tokenization, model loading and loss in one place,
+and one worker step (``alma_ray.train.loop.Worker``) serves them all, so they cannot drift apart.
+
+- ``SFT``: next-token loss on the response (``prompt``, ``response``).
+- ``DPO``: the DPO loss against a frozen reference (``prompt``, ``chosen``, ``rejected``); the reference's log-probs
+  are precomputed in a Ray Data pass before training (default) or computed in every step ("online").
+- ``Reward``: a Bradley-Terry scalar head on the last response token (``prompt``, ``chosen``, ``rejected``).
+- ``JudgeRating``: the judge's rating loss over the 11 ratings (``prompt``, ``response``, ``target``: one-hot or
+  soft targets).
+
+``loss(engine, reference, batch, pad_id)`` returns (loss, metrics, real tokens, padded cells) of one micro-batch.
+Objects are frozen dataclasses: Ray Train pickles them to every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+from ray.data import ActorPoolStrategy, Dataset
+
+from alma_ray.config import ResourcesConfig, TrainConfig
+from alma_ray.errors import StageInputError
+from alma_ray.train.data import ReferenceLogprobs, pad_batch, tokenize_judge, tokenize_pairs, tokenize_sft
+
+DEFAULT_TEMPLATE = "User: {prompt}\nAssistant:"
+Step = tuple[Any, dict[str, float], int, int]
+
+
+def _causal_lm(path: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _padded(batch: dict[str, Any], ids: str, labels: str, pad_id: int, device: Any) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in pad_batch(list(batch[ids]), list(batch[labels]), pad_id).items()}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What every objective declares; subclasses set ``name`` and ``columns`` and implement ``tokenize``/``loss``."""
+
+    name: ClassVar[str] = ""
+    columns: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, examples: Dataset) -> None:
+        missing = [c for c in self.columns if c not in examples.columns()]
+        if missing:
+            raise StageInputError(f"{self.name} training needs columns {list(self.columns)}; missing {missing}")
+
+    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
+        raise NotImplementedError
+
+    def load_model(self, path: str, pad_id: int) -> Any:
+        return _causal_lm(path)
+
+    def load_reference(self, model: str, pad_id: int) -> Any:
+        """A frozen model every step needs beside the trained one (DPO online), or None."""
+        return None
+
+    def bind(self, tokenizer: Any) -> Objective:
+        """This objective with what it needs from the model's tokenizer (the judge's rating tokens)."""
+        return self
+
+    def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SFT(Objective):
+    name: ClassVar[str] = "sft"
+    columns: ClassVar[tuple[str, ...]] = ("prompt", "response")
+    completion_template: str = DEFAULT_TEMPLATE
+
+    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
+        return examples.map_batches(tokenize_sft, batch_size=256, fn_kwargs=dict(  # type: ignore[arg-type]
+            model=model, max_seq_len=max_seq_len, completion_template=self.completion_template))
+
+    def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
+        from alma_ray.train.losses import sft_loss
+
+        inputs = _padded(batch, "input_ids", "labels", pad_id, engine.device)
+        logits = engine(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        mask = inputs["attention_mask"]
+        return sft_loss(logits, inputs["labels"]), {}, int(mask.sum()), mask.numel()
+
+
+@dataclass(frozen=True)
+class _Pairs(Objective):
+    """Preference pairs: chosen and rejected tokenized side by side and run in one forward pass."""
+
+    columns: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
+    eos: ClassVar[bool] = True
+    completion_template: str = DEFAULT_TEMPLATE
+
+    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
+        return examples.map_batches(tokenize_pairs, batch_size=256, fn_kwargs=dict(  # type: ignore[arg-type]
+            model=model, max_seq_len=max_seq_len, completion_template=self.completion_template, eos=self.eos))
+
+    @staticmethod
+    def both(batch: dict[str, Any], pad_id: int, device: Any) -> tuple[int, dict[str, Any]]:
+        """(pairs, inputs): rows [:pairs] are the chosen sides, [pairs:] the rejected."""
+        n = len(batch["chosen_input_ids"])
+        inputs = {k: v.to(device) for k, v in pad_batch(
+            [*batch["chosen_input_ids"], *batch["rejected_input_ids"]],
+            [*batch["chosen_labels"], *batch["rejected_labels"]], pad_id).items()}
+        return n, inputs
+
+
+@dataclass(frozen=True)
+class DPO(_Pairs):
+    name: ClassVar[str] = "dpo"
+    beta: float = 0.1
+    precompute: bool = True
+    """Reference log-probs in a Ray Data pass before training (True) or in every step (False)."""
+    reference: str | None = None
+    """The frozen reference's folder; None: the model being trained (the usual choice)."""
+
+    @classmethod
+    def of(cls, train: TrainConfig, *, completion_template: str, reference: str | None = None) -> DPO:
+        return cls(completion_template=completion_template, beta=train.dpo_beta,
+                   precompute=train.dpo_reference == "precomputed", reference=reference)
+
+    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
+        tokenized = super().tokenize(examples, model=model, max_seq_len=max_seq_len, resources=resources)
+        if not self.precompute:
+            return tokenized
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model)
+        # A pass of its own before training, on the devices training will use next (materialized: the object
+        # store spills to disk), rather than streaming beside training and competing for them.
+        return tokenized.map_batches(
+            ReferenceLogprobs, batch_size=16, compute=ActorPoolStrategy(size=resources.train_workers),
+            fn_constructor_kwargs=dict(model=self.reference or model,
+                                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id),
+            num_gpus=1 if resources.use_gpu else 0,
+            num_cpus=0 if resources.use_gpu else resources.cpus_per_train_worker,
+        ).materialize()
+
+    def load_reference(self, model: str, pad_id: int) -> Any:
+        if self.precompute:
+            return None
+        reference = _causal_lm(self.reference or model)
+        return reference.eval().requires_grad_(False)
+
+    def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
+        import torch
+
+        from alma_ray.train.losses import dpo_loss, sequence_logprobs
+
+        n, inputs = self.both(batch, pad_id, engine.device)
+        mask = inputs["attention_mask"]
+        logp = sequence_logprobs(engine(input_ids=inputs["input_ids"], attention_mask=mask).logits, inputs["labels"])
+        if reference is None:  # precomputed by ReferenceLogprobs before training
+            ref = torch.as_tensor(np.concatenate([np.asarray(batch["chosen_ref_logp"], dtype=np.float64),
+                                                  np.asarray(batch["rejected_ref_logp"], dtype=np.float64)]),
+                                  device=logp.device, dtype=logp.dtype)
+        else:
+            with torch.no_grad():
+                ref = sequence_logprobs(reference(input_ids=inputs["input_ids"], attention_mask=mask).logits,
+                                        inputs["labels"])
+        loss, metrics = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], beta=self.beta)
+        return loss, metrics, int(mask.sum()), mask.numel()
+
+
+@dataclass(frozen=True)
+class Reward(_Pairs):
+    name: ClassVar[str] = "reward"
+    eos: ClassVar[bool] = False  # the scalar head reads the last response token
+
+    def load_model(self, path: str, pad_id: int) -> Any:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = pad_id
+        return model
+
+    def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
+        from alma_ray.train.losses import bradley_terry_loss, last_token_values
+
+        n, inputs = self.both(batch, pad_id, engine.device)
+        mask = inputs["attention_mask"]
+        module = engine.module
+        hidden = module.base_model(input_ids=inputs["input_ids"], attention_mask=mask)
+        values = last_token_values(module.score(hidden.last_hidden_state), mask)
+        loss, metrics = bradley_terry_loss(values[:n], values[n:])
+        return loss, metrics, int(mask.sum()), mask.numel()
+
+
+@dataclass(frozen=True)
+class JudgeRating(Objective):
+    name: ClassVar[str] = "judge"
+    columns: ClassVar[tuple[str, ...]] = ("prompt", "response", "target")
+    chat: bool | None = None
+    max_response_chars: int = 4000
+    score_tokens: Any = None
+    """The tokenizer's rating-digit ids (``alma_ray.judge.rubric.ScoreTokens``), bound on each worker."""
+
+    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
+        return examples.map_batches(tokenize_judge, batch_size=256, fn_kwargs=dict(  # type: ignore[arg-type]
+            model=model, max_seq_len=max_seq_len, chat=self.chat, max_response_chars=self.max_response_chars))
+
+    def bind(self, tokenizer: Any) -> Objective:
+        from alma_ray.judge.rubric import ScoreTokens
+
+        return replace(self, score_tokens=ScoreTokens.from_tokenizer(tokenizer))
+
+    def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
+        """The rating slot and the slot after "1", from one pass over (judge prompt + "1")."""
+        import torch
+
+        from alma_ray.train.losses import judge_rating_loss, score_logprobs
+
+        inputs = _padded(batch, "input_ids", "input_ids", pad_id, engine.device)
+        mask = inputs["attention_mask"]
+        logits = engine(input_ids=inputs["input_ids"], attention_mask=mask).logits
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = torch.as_tensor(np.asarray(batch["rating_pos"], dtype=np.int64), device=logits.device)
+        tokens = self.score_tokens
+        score_lp = score_logprobs(logits[rows, pos], logits[rows, pos + 1], tokens.digits, tokens.ten)
+        target = torch.as_tensor(np.stack(batch["target"]), device=logits.device)
+        loss, metrics = judge_rating_loss(score_lp, target)
+        return loss, metrics, int(mask.sum()), mask.numel()
+
+
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SFT, DPO, Reward, JudgeRating)}

@@ -1,0 +1,47 @@
+"""ALMA's plan, a pure function of the config: stages in order, the checkpoint mix per round, the actors each
+stage starts (CPU and GPU)."""
+
+from pathlib import Path
+
+from alma_ray.config import load_config
+from alma_ray.recipes.alma.plan import mix_line, plan
+
+TINY = Path(__file__).parents[3] / "jobs" / "configs" / "tiny.yaml"
+
+
+def test_cpu_plan_fits_the_largest_stage() -> None:
+    p = plan(load_config(TINY))
+    # two checkpoints -> two 1-CPU engine pools at once, plus a CPU for Ray Data tasks
+    assert p.stage_needs("responses") == (3.0, 0.0)
+    assert p.stage_needs("sft") == (3.0, 0.0)
+    assert p.cpus_needed == 3.0 and p.gpus_needed == 0.0
+    text = p.describe()
+    assert "checkpoint:tiny-a" in text and "prompts -> responses [tiny-a x2, tiny-b x1]" in text
+
+
+def test_gpu_plan_gives_each_engine_its_gpus() -> None:
+    config = load_config(TINY, ["resources.use_gpu=true", "engine.tensor_parallel_size=2",
+                                "resources.engines_per_checkpoint=3", "resources.train_workers=8"])
+    p = plan(config)
+    assert p.stage_needs("responses") == (1.0 + 6, 12.0)  # 2 checkpoints x 3 engines x TP 2
+    assert p.stage_needs("sft")[1] == 8.0
+    assert p.stage_needs("embeddings") == (1.0 + 3, 3.0)  # one GPU per embedder actor, no tensor parallel
+    assert p.gpus_needed == 12.0
+
+
+def test_the_judge_build_and_its_evaluation_app_are_planned() -> None:
+    p = plan(load_config(TINY, ["judge.build={distill_pairs: 4}", "resources.judge_engines=2"]))
+    assert [s for s in p.stages if s.startswith(("judge", "distill"))] == [
+        "judge_sft", "distill_pairs", "distill_scores", "judge_distill", "judge_eval"]
+    assert p.stage_needs("judge_eval") == (1.0 + 3 * 2, 0.0)  # base, sft and distilled judges, 2 replicas each
+    assert "judge build: annotations -> judge_sft -> distill_pairs" in p.describe()
+
+
+def test_the_mix_of_each_round_names_the_checkpoints_that_have_a_model() -> None:
+    config = load_config(TINY, ["train.round_one_seeds=2", "generation.n=6", "rounds=4",
+                                "generation.checkpoints=[{name: m1a, model: 'round_one:0'}, "
+                                "{name: m1b, model: 'round_one:1'}, {name: new, model: latest}, "
+                                "{name: tiny, model: 'embedded:tiny-llama'}]"])
+    assert mix_line(config, 1) == "tiny x6"
+    assert mix_line(config, 2) == "m1a x2, m1b x2, new x1, tiny x1"
+    assert "rounds 3-4" in plan(config).describe() and "sft (x2 seeds)" in plan(config).describe()

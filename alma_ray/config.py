@@ -172,7 +172,8 @@ class JudgeBuildConfig(_Section):
     """Build the judge before round 1 (ALMA): fine-tune ``judge.model`` on annotations, self-distill, evaluate."""
 
     annotations: str = "embedded:mt-bench-synthetic"
-    """(prompt, response, score 0..10) rows: a JSONL/parquet file, or the synthetic demo set (alma_ray.judge.annotations)."""
+    """(prompt, response, score 0..10) rows: a JSONL/parquet file, or the synthetic demo set
+    (alma_ray.judge.annotations)."""
     heldout: float = Field(default=0.25, gt=0, lt=1)
     """Share of the annotations' questions held out as preference pairs for the accuracy table."""
     epochs: int = Field(default=2, ge=1)
@@ -284,6 +285,7 @@ class RunConfig(_Section):
     """What every recipe shares: where the run is written, the base model, engines, resources and training."""
 
     name: str = Field(default="alma", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The run directory's name under output_dir: one path segment (not "." or "..")."""
     output_dir: str = "runs"
     seed: int = 0
     base_model: str
@@ -291,6 +293,12 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     engine: EngineConfig = EngineConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _one_segment(self) -> RunConfig:
+        if self.name in (".", ".."):
+            raise ValueError(f"name={self.name!r} is not a run directory under output_dir: give a name")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -369,6 +377,25 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key.sub=value`` -> (key.sub, value parsed as YAML, so 3 is an int and [a, b] a list)."""
     key, sep, raw = text.partition("=")
@@ -411,7 +438,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (presets live in jobs/configs/)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(tree, dict):

@@ -1,8 +1,9 @@
-"""Resource planning as pure data: the actors each stage starts and what each reserves, and the stages in order.
+"""Resource planning as pure data: the actors each stage starts, what each reserves and how long it lives, and
+the stages in order.
 
 A recipe's ``plan(config)`` builds a ``Plan`` from its config (``alma_ray.recipes``); it is printed at start and
-unit-tested, and stages build exactly what it says. Stages run one after another, so the cluster must fit the
-largest stage, not the sum.
+unit-tested, and stages build exactly what it says. Stages run one after another; engines that serve several
+stages stay up between them (``lifetime``), so the cluster must fit the largest stage plus the engines kept up.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from alma_ray.config import EngineConfig, ResourcesConfig
 @dataclass(frozen=True)
 class Pool:
     stage: str
+    """The first stage that uses it."""
     name: str
     actors: int
     cpus_per_actor: float
     gpus_per_actor: float
+    lifetime: str = ""
+    """Empty: the stage's own actors, gone when it ends. Else which stages share it (e.g. "every round"): a
+    long-lived engine, kept up between them (on GPU it gives its devices back before each training stage)."""
 
     @property
     def cpus(self) -> float:
@@ -30,12 +35,12 @@ class Pool:
 
 
 def engine_pool(stage: str, name: str, actors: int, *, engine: EngineConfig, resources: ResourcesConfig,
-                gpus: float | None = None) -> Pool:
+                gpus: float | None = None, lifetime: str = "") -> Pool:
     """``actors`` vLLM engine actors: each reserves ``resources.cpus_per_engine`` CPUs on CPU, one CPU and
     ``engine.tensor_parallel_size`` GPUs (or ``gpus``) on GPU."""
     if resources.use_gpu:
-        return Pool(stage, name, actors, 1.0, float(engine.tensor_parallel_size if gpus is None else gpus))
-    return Pool(stage, name, actors, resources.cpus_per_engine, 0.0)
+        return Pool(stage, name, actors, 1.0, float(engine.tensor_parallel_size if gpus is None else gpus), lifetime)
+    return Pool(stage, name, actors, resources.cpus_per_engine, 0.0, lifetime)
 
 
 def train_pool(stage: str, name: str, resources: ResourcesConfig) -> Pool:
@@ -55,6 +60,7 @@ class Plan:
     """CPUs kept free for Ray Data's read/map/write tasks around the actor pools."""
 
     def stage_needs(self, stage: str) -> tuple[float, float]:
+        """(CPUs, GPUs) of the actors ``stage`` itself starts or first builds, and the Ray Data tasks."""
         pools = [p for p in self.pools if p.stage == stage]
         return sum(p.cpus for p in pools) + self.data_cpus, sum(p.gpus for p in pools)
 
@@ -63,20 +69,30 @@ class Plan:
         return list(dict.fromkeys(p.stage for p in self.pools))
 
     @property
+    def kept_cpus(self) -> float:
+        """CPUs the long-lived engines hold while they are up (on CPU they stay up through training)."""
+        return sum(p.cpus for p in self.pools if p.lifetime)
+
+    @property
     def cpus_needed(self) -> float:
-        return max(self.stage_needs(s)[0] for s in self.stages)
+        """The largest stage, with every long-lived engine up beside it (an upper bound)."""
+        return max(self.stage_needs(s)[0] + self.kept_cpus - sum(p.cpus for p in self.pools
+                                                                  if p.stage == s and p.lifetime)
+                   for s in self.stages)
 
     @property
     def gpus_needed(self) -> float:
+        """The largest stage: on GPU the long-lived engines give their devices back before training."""
         return max(self.stage_needs(s)[1] for s in self.stages)
 
     def describe(self) -> str:
         lines = [f"{self.recipe} plan:"]
         lines += [f"  {when:<12} {what}" for when, what in self.steps]
-        lines.append("placement (stages run one after another):")
+        lines.append("placement (stages run one after another; engines kept up are shared by the stages named):")
         for p in self.pools:
             res = f"{p.cpus_per_actor:g} CPU" + (f" + {p.gpus_per_actor:g} GPU" if p.gpus_per_actor else "")
-            lines.append(f"  {p.stage:<14} {p.name:<26} {p.actors} x ({res})")
+            life = f"kept up: {p.lifetime}" if p.lifetime else "this stage"
+            lines.append(f"  {p.stage:<14} {p.name:<40} {p.actors} x ({res})  {life}")
         lines.append(f"  + {self.data_cpus:g} CPU for Ray Data tasks; largest stage needs "
                      f"{self.cpus_needed:g} CPU, {self.gpus_needed:g} GPU")
         return "\n".join(lines)

@@ -99,3 +99,11 @@ class StageProgress:
         bar.close()
         window = (snap.get("last_done") or 0) - (snap.get("first_start") or 0)
         self.final = {**snap, "steady_tok_s": snap["tokens"] / window if snap and window > 0 else 0.0}
+
+
+def busy_window(final: dict[str, Any]) -> float | None:
+    """Seconds from the first batch an engine started to the last one done: the stage's busy time (what is left
+    of its wall time is start-up and pipeline overhead)."""
+    if not final.get("first_start") or not final.get("last_done"):
+        return None
+    return round(final["last_done"] - final["first_start"], 3)

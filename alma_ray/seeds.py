@@ -37,6 +37,10 @@ class SeedSet:
     prompts: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     skipped_bad_lines: int = 0
+    skipped_too_long: int = 0
+    """Prompts over ``max_chars`` (dropped, counted)."""
+    skipped_other: int = 0
+    """Exact duplicates and non-English prompts (dropped, counted)."""
 
 
 def _packaged_path(name: str) -> tuple[Path, str]:
@@ -98,9 +102,14 @@ def load_seeds(sources: list[str], *, skip_bad: bool = False, max_chars: int = 6
             if not path.is_file():
                 raise SeedError(f"seed file not found: {path} (give a JSONL/parquet file with a 'prompt' field)")
         if path.suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as e:
+                raise SeedError(f"{path}: not a readable parquet file ({e}); give a JSONL or parquet file with a "
+                                f"'{key}' column") from None
             if key not in table.column_names:
                 raise SeedError(f"{path}: no '{key}' column (columns: {table.column_names})")
             for i, value in enumerate(table.column(key).to_pylist()):
@@ -117,7 +126,11 @@ def load_seeds(sources: list[str], *, skip_bad: bool = False, max_chars: int = 6
     kept = SeedSet(skipped_bad_lines=out.skipped_bad_lines)
     for text, src in zip(out.prompts, out.sources):
         pid = prompt_id(text)
-        if pid in seen or len(text) > max_chars or _CJK.search(text):
+        if len(text) > max_chars:
+            kept.skipped_too_long += 1
+            continue
+        if pid in seen or _CJK.search(text):
+            kept.skipped_other += 1
             continue
         seen.add(pid)
         kept.prompts.append(text)

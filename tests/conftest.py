@@ -40,7 +40,12 @@ def ray_local() -> Any:
     it). Started once: a Ray start costs 10-20 s on 2 cores, and two instances at once get workers OOM-killed."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, _node_ip_address="127.0.0.1")
+    from alma_ray.runtime import configure_data
+
+    configure_data()
+    # Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.stages.engines), and the
+    # tiny preset's plan needs 5; engines and workers take turns on the 2 cores.
+    ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
 

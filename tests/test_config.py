@@ -62,3 +62,14 @@ def test_fewer_clusters_than_prompts_per_round_is_refused() -> None:
     assert load_config(tiny, ["synthesis.clustering.clusters=null"]).clusters == 8  # default: prompts_per_round
     with pytest.raises(ConfigError, match="clusters=4 is below prompts_per_round=8"):
         load_config(tiny, ["synthesis.clustering.clusters=4"])
+
+
+def test_a_key_given_twice_and_a_name_outside_output_dir_are_refused(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(PRESETS[0].read_text() + "\nseed: 3\nseed: 4\n")
+    with pytest.raises(ConfigError, match="key 'seed' is given twice"):
+        load_config(twice)
+    for name in ("..", "."):
+        with pytest.raises(ConfigError, match="'name'"):
+            load_config(PRESETS[0], [f"name='{name}'"])
+    assert load_config(PRESETS[0], ["name=run.v2"]).name == "run.v2"

@@ -121,17 +121,17 @@ def test_no_prompt_is_drawn_twice_across_rounds_even_across_a_crash(
         return draw(config, Run(store, log=lambda line: None), r, pool)
 
     written_before_crash: list[str] = []
-    real_sample_rows = draw_stage.sample_rows
+    real_counted = draw_stage.DrawPrompts.counted
 
     def crash(*args, **kwargs):  # called after the round's rows are on disk, before the commit
         for tmp in store.path(2, "prompts").parent.glob(".prompts.tmp-*"):
             written_before_crash.extend(pq.read_table(tmp).to_pandas().prompt_id)
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(draw_stage, "sample_rows", crash)
+    monkeypatch.setattr(draw_stage.DrawPrompts, "counted", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         draw_round(2)
-    monkeypatch.setattr(draw_stage, "sample_rows", real_sample_rows)
+    monkeypatch.setattr(draw_stage.DrawPrompts, "counted", real_counted)
     assert written_before_crash and store.manifest(2, "prompts") is None
     round2 = draw_round(2)
     assert not round2.skipped and round2.manifest.stats["ledger_before"] == 8

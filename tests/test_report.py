@@ -34,3 +34,20 @@ def test_plots_are_written_whole(tmp_path: Path) -> None:
     name = bar_plot(tmp_path / "bars.png", "t", ["a", "b"], {"x": [1.0, 2.0]}, "y")
     assert name == "bars.png" and (tmp_path / "bars.png").stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["bars.png"]
+
+
+def test_bench_round_splits_each_stage_into_busy_and_fixed_time(tmp_path: Path) -> None:
+    from alma_ray.bench.round import measure
+
+    run = tmp_path / "run"
+    for r, stage, started, wall, busy in [(0, "synthesis", 1.0, 10.0, 6.0), (1, "responses", 2.0, 4.0, 3.0),
+                                          (1, "selected", 3.0, 1.0, None)]:
+        (run / f"round_{r:03d}" / stage).mkdir(parents=True)
+        m = Manifest(stage=stage, round=r, rows=1, config_hash="h", input_hashes={}, wall_s=wall, started_at=started,
+                     stats={} if busy is None else {"busy_s": busy})
+        (run / f"round_{r:03d}" / stage / "_MANIFEST.json").write_text(m.to_json())
+    result = measure(run)
+    assert list(result["stages"]) == ["r0/synthesis", "r1/responses", "r1/selected"]
+    assert result["stages"]["r1/selected"] == {"wall_s": 1.0, "busy_s": 0.0, "fixed_s": 1.0}
+    assert result["median_fixed_s"] == 1.0 and result["fixed_share"] == round(2.0 / 5.0, 3)
+    assert result["round_wall_s"] == 5.0 and result["round0_wall_s"] == 10.0

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,15 @@ def test_missing_file_and_unknown_set(tmp_path: Path) -> None:
         load_seeds([str(tmp_path / "none.jsonl")])
     with pytest.raises(SeedError, match="unknown embedded seed set"):
         load_seeds(["embedded:nope"])
+
+
+def test_a_corrupt_parquet_is_named_and_long_prompts_are_counted(tmp_path: Path) -> None:
+    bad = tmp_path / "seeds.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(SeedError, match="seeds.parquet: not a readable parquet file"):
+        load_seeds([str(bad)])
+    good = tmp_path / "seeds.jsonl"
+    good.write_text("\n".join(json.dumps({"prompt": p}) for p in ["short one", "x" * 50, "short one", "another"]))
+    seeds = load_seeds([str(good)], max_chars=20)
+    assert seeds.prompts == ["short one", "another"]
+    assert (seeds.skipped_too_long, seeds.skipped_other) == (1, 1)

@@ -40,7 +40,10 @@ def start_ray(cpus: int) -> None:
     import ray
     import ray.data
 
+    from alma_ray.runtime import configure_data
+
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    configure_data()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.issue_detectors_config.detectors = []

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from alma_ray.recipes.base import Run
     from alma_ray.runtime import init_ray
     from alma_ray.seeds import heldout_and_pool, load_seeds
+    from alma_ray.stages.engines import Engines
     from alma_ray.stages.judge_build import heldout_accuracy
     from alma_ray.stages.score import Score
     from alma_ray.store import RunStore
@@ -60,18 +61,18 @@ def main(argv: list[str] | None = None) -> None:
                        max_chars=config.synthesis.max_seed_chars).prompts
     _, pool = heldout_and_pool(seeds, heldout=config.synthesis.heldout, seed=config.seed)
     run = Run(RunStore(args.run_dir / "measure_distill" / f"pairs_{args.pairs}", config.digest(), config.to_yaml()))
-    pairs = run.stage(0, distill_pairs(config, base=base, seed_prompts=pool, m=args.pairs, name="pairs"))
-    scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), config.engine, config.resources),
-                       read=pairs)
-    trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
-                                            run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"),
-                                 after=[scores])
-               for target in TARGETS}
-
-    held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]
-    members = {"sft": sft, **{t: str(result.path) for t, result in trained.items()}}
-    table = heldout_accuracy(Panel.compare(config.judge, members), held, engine=config.engine,
-                             resources=config.resources)
+    with Engines(config.engine, config.resources) as engines:
+        pairs = run.stage(0, distill_pairs(config, engines, base=base, seed_prompts=pool, m=args.pairs,
+                                           name="pairs"))
+        scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), engines, keep=False), read=pairs)
+        engines.before_training()
+        trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
+                                                run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"),
+                                     after=[scores])
+                   for target in TARGETS}
+        held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]
+        members = {"sft": sft, **{t: str(result.path) for t, result in trained.items()}}
+        table = heldout_accuracy(Panel.compare(config.judge, members), held, engines)
     (run.store.run_dir / "accuracy.json").write_text(json.dumps(table, indent=1))
     print(accuracy_table(table))
     figures: dict[str, Any] = {"bench": "distill_target", "run_dir": str(args.run_dir), "pairs": args.pairs,

@@ -5,7 +5,7 @@ Four arms, in one run and one process tree, on M prompts x n samples:
 1. **bare**: a child process builds one ``vllm.LLM`` and calls ``generate`` once on every request (the same
    token ids, seeds and sampling parameters the pipeline's engine actor uses), with the same thread count.
 2. **pipeline**: ``generate_responses`` with one checkpoint, one engine actor, written to parquet.
-3. **two pools**: two checkpoints (weights 1:1, half of n each), one engine actor each, side by side.
+3. **two pools**: two engines of the checkpoint (``resources.engines_per_checkpoint=2``), side by side.
 4. **ray.data.llm**: the library's processor on the same work, end to end (it cannot return n samples from one
    request, so each prompt is n rows); kept as the reference for the "library first" decision (docs/generation.md).
 
@@ -32,12 +32,12 @@ SALT = "bench:1:responses"
 
 
 def _config(model: str, *, n: int, max_tokens: int, batch_size: int, threads: int, pools: int) -> AlmaConfig:
-    checkpoints = [{"name": f"ckpt{i}", "model": model, "weight": 1} for i in range(pools)]
     return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, seed=0,
-        generation={"n": n, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0, "checkpoints": checkpoints},
+        generation={"n": n, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0,
+                    "checkpoints": [{"name": "ckpt0", "model": model}]},
         engine={"max_model_len": 512, "batch_size": batch_size, "dtype": "float32", "kv_cache_gb": 2},
-        resources={"cpus_per_engine": threads}))
+        resources={"cpus_per_engine": threads, "engines_per_checkpoint": pools}))
 
 
 def _prompts(m: int) -> list[dict[str, Any]]:
@@ -83,6 +83,7 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     import ray.data
 
     from alma_ray.progress import StageProgress
+    from alma_ray.stages.engines import Engines
     from alma_ray.stages.generate import generate_responses, mix
 
     t0 = time.time()
@@ -93,12 +94,13 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     try:
         with StageProgress("generate", None, show=False) as progress:
             gen = config.generation
-            ds = generate_responses(ray.data.from_items(_prompts(args.prompts)),
-                                    mix(gen, {c.name: args.model for c in gen.checkpoints}), engine=config.engine,
-                                    resources=config.resources, completion_template=gen.completion_template,
-                                    too_long=gen.too_long, seed_salt=f"{config.seed}:1:responses",
-                                    pool_size=config.resources.engines_per_checkpoint, progress=progress.counter)
-            ds.write_parquet(str(out))
+            with Engines(config.engine, config.resources) as engines:
+                ds = generate_responses(ray.data.from_items(_prompts(args.prompts)),
+                                        mix(gen, {c.name: args.model for c in gen.checkpoints}),
+                                        engines=engines, completion_template=gen.completion_template,
+                                        too_long=gen.too_long, seed_salt=f"{config.seed}:1:responses",
+                                        pool_size=config.resources.engines_per_checkpoint, progress=progress.counter)
+                ds.write_parquet(str(out))
         done = time.time()
     finally:
         ray.shutdown()

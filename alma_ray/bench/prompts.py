@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from alma_ray.progress import StageProgress
     from alma_ray.stages.cluster import assign_clusters, train_centroids
     from alma_ray.stages.embed import embed_prompts
+    from alma_ray.stages.engines import Engines
     from alma_ray.stages.synthesize import Synthesize
 
     config = _config(args.model, requests=args.requests, threads=args.threads)
@@ -187,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"pipeline: {args.requests} few-shot requests", file=sys.stderr)
             with StageProgress("synthesis", args.requests, show=False) as progress:
-                Synthesize(config.synthesis, model=args.model, source=args.model, seeds=seeds, known=[],
-                           seed=config.seed, engine=config.engine, resources=config.resources,
-                           progress=progress.counter).transform(None).write_parquet(f"{tmp}/synth")
+                with Engines(config.engine, config.resources) as engines:
+                    Synthesize(config.synthesis, model=args.model, source=args.model, seeds=seeds, known=[],
+                               seed=config.seed, engines=engines,
+                               progress=progress.counter).transform(None).write_parquet(f"{tmp}/synth")
             snap = progress.final
             synth_rps = args.requests / (snap["last_done"] - snap["first_start"])
             result.update(synth_requests_per_s=round(synth_rps, 2), bare_requests_per_s=round(b["requests_per_s"], 2),

@@ -20,6 +20,7 @@ one question with different scores.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -99,14 +100,25 @@ def load_annotations(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        raw = [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+        try:
+            raw = [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
+            raise AnnotationError(f"{path}: not a readable parquet file ({e})") from None
     else:
         raw = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        for lineno, data in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise AnnotationError(f"{path}:{lineno}: not valid UTF-8") from None
+            if not line.strip():
+                continue
             try:
                 raw.append((lineno, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise AnnotationError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not raw:
+        raise AnnotationError(f"{path}: no annotation rows; give (prompt, response, score) rows")
     rows = []
     for lineno, r in raw:
         where = f"{path}:{lineno}"
@@ -116,8 +128,8 @@ def load_annotations(path: str | Path) -> list[dict[str, Any]]:
             if not isinstance(r.get(key), str) or not r[key].strip():
                 raise AnnotationError(f"{where}: '{key}' must be a non-empty string")
         score = r.get("score")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or score != int(score) \
-                or not 0 <= score <= 10:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
+                or score != int(score) or not 0 <= score <= 10:
             raise AnnotationError(f"{where}: 'score' must be an integer 0..10, got {score!r}")
         rows.append({"question_id": str(r.get("question_id", r["prompt"])), "prompt": r["prompt"],
                      "response": r["response"], "score": int(score), "method": str(r.get("method", "human")),

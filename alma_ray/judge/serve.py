@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -207,12 +208,16 @@ def judge_service(panel: Panel, engine: EngineConfig, resources: ResourcesConfig
 class ServeScoring:
     """Ray Data actor: scores a batch of responses through the judge application's handle (the pipeline path)."""
 
-    def __init__(self, app: str = APP) -> None:
+    def __init__(self, app: str = APP, progress: Any = None) -> None:
         self.handle = serve.get_app_handle(app)
+        self.progress = progress
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        started = time.time()
         pairs = [{"prompt": p, "response": r} for p, r in zip(batch["prompt"], batch["response"])]
         rows = self.handle.score.remote(pairs).result()
+        if self.progress is not None:
+            self.progress.add.remote(len(rows), 0, started, time.time())
         out: dict[str, Any] = dict(batch)
         for key in ("judge", "judge_version", "score", "score_int", "score_mass", "judge_flag"):
             out[key] = np.array([r[key] for r in rows])
@@ -222,10 +227,12 @@ class ServeScoring:
         return out
 
 
-def score_dataset(responses: Dataset, *, batch_size: int, resources: ResourcesConfig, app: str = APP) -> Dataset:
+def score_dataset(responses: Dataset, *, batch_size: int, resources: ResourcesConfig, app: str = APP,
+                  progress: Any = None) -> Dataset:
     """Score every (prompt, response) row of ``responses`` through the running judge application ``app``.
 
     Output columns as ``Judge.score``, plus ``judge``, ``judge_version`` and ``member_scores`` (each judge's own).
     """
-    return responses.map_batches(ServeScoring, fn_constructor_kwargs=dict(app=app), batch_size=batch_size,
+    return responses.map_batches(ServeScoring, fn_constructor_kwargs=dict(app=app, progress=progress),
+                                 batch_size=batch_size,
                                  compute=ActorPoolStrategy(size=2 * resources.judge_engines), num_cpus=0)

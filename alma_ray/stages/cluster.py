@@ -8,6 +8,7 @@ so the k-means is spherical (inner product).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ray.data import Dataset
 from alma_ray.config import ClusteringConfig
 from alma_ray.diversity import diversity
 from alma_ray.errors import AlmaError
-from alma_ray.stages.base import Stage, sample_rows
+from alma_ray.stages.base import Stage, sample_rows, write_rows
 from alma_ray.store import DATA, StageOutput
 
 
@@ -85,6 +86,11 @@ def size_histogram(sizes: list[int], k: int) -> dict[str, int]:
     return hist
 
 
+def cluster_sizes(table: Any, *, k: int) -> np.ndarray:
+    """How many of the rows a write task wrote fall in each of the k clusters."""
+    return np.bincount(table.column("cluster_id").to_numpy(), minlength=k)
+
+
 @dataclass
 class Cluster(Stage):
     """The pool with each prompt's ``cluster_id`` (in ``data/``) and the centroids (``centroids.npy``)."""
@@ -103,15 +109,15 @@ class Cluster(Stage):
         centroids = train_centroids(data, k=self.k, cfg=self.cfg, rows=self.rows, seed=self.seed)
         train_s = time.time() - t0
         np.save(out / "centroids.npy", centroids)
-        assign_clusters(data, centroids).write_parquet(str(out / DATA))
-        clustered = ray.data.read_parquet(str(out / DATA))
-        sizes = [int(r["count()"]) for r in clustered.groupby("cluster_id", num_partitions=1).count().iter_rows()]
+        rows, tallies = write_rows(assign_clusters(data, centroids), out / DATA,
+                                   functools.partial(cluster_sizes, k=self.k))
+        sizes = [int(c) for c in np.sum(tallies, axis=0) if c] if tallies else []
         m = self.cfg.metric_sample
         fraction = min(1.0, 1.5 * m / self.rows)
         sample = sample_rows(data.random_sample(fraction, seed=self.seed) if fraction < 1 else data, m,
                              columns=["prompt", "embedding"])
         vectors = np.stack(list(sample["embedding"]))
         return self.counted(
-            out, rows_dir=out / DATA, clusters=self.k, nonempty_clusters=len(sizes), largest_cluster=max(sizes),
+            rows, clusters=self.k, nonempty_clusters=len(sizes), largest_cluster=max(sizes),
             size_histogram=size_histogram(sizes, self.k), kmeans_train_s=round(train_s, 2),
             diversity=diversity(list(sample["prompt"]), vectors, (vectors @ centroids.T).argmax(1)))

@@ -31,7 +31,7 @@ from ray.data.aggregate import Min
 from alma_ray.config import DedupConfig
 from alma_ray.diversity import words
 from alma_ray.ids import prompt_id
-from alma_ray.stages.base import Stage
+from alma_ray.stages.base import Stage, write_rows
 from alma_ray.store import StageOutput
 
 
@@ -141,10 +141,10 @@ class Dedup(Stage):
             batch_format="pandas")
         result = dedup(candidates, reference_rows(self.reference), cfg=self.cfg, partitions=self.partitions)
         self._near = result.near.materialize()
-        result.unique.drop_columns(["text", "order"]).write_parquet(str(out))
-        return self.counted(out)
+        rows, _ = write_rows(result.unique.drop_columns(["text", "order"]), out)
+        return self.counted(rows)
 
-    def figures(self, out: Path, rows: int) -> dict[str, Any]:
+    def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         n_near = self._near.count()
         n_near_seed = self._near.filter(expr="of_reference").count() if n_near else 0
         passed = self.filters["passed"]

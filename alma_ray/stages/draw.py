@@ -9,6 +9,7 @@ the ledger, a per-cluster minimum of a seeded hash rank, and a join back. ``Draw
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ray.data import Dataset
 from ray.data.aggregate import Min
 
 from alma_ray.diversity import diversity
-from alma_ray.stages.base import Stage, sample_rows
+from alma_ray.stages.base import SMALL_ROWS, Stage, sample_rows, write_rows
 from alma_ray.stages.cluster import PoolTooSmallError
 from alma_ray.store import RunStore, StageOutput, StoreError
 
@@ -70,10 +71,7 @@ def draw_prompts(pool: Dataset, used: Dataset | None, *, k: int, seed: int, roun
         Min("draw_rank", alias_name="best")).materialize()
     available, remaining = per_cluster.count(), ranked.count()
     if available < k:
-        raise PoolTooSmallError(
-            f"round {round_index} needs prompts_per_round={k} prompts from distinct clusters, but only {available} "
-            f"clusters still have unused prompts ({remaining} unused prompts in all): raise synthesis.num_requests "
-            "(a bigger pool; delete round_000 to rebuild it), or lower prompts_per_round or rounds")
+        raise PoolTooSmallError(_too_few(round_index, k, available, remaining))
     picks = per_cluster.map_batches(
         lambda b: b.assign(cluster_rank=_rank(b["cluster_id"], salt + ":cluster")), batch_format="pandas"
     ).sort("cluster_rank").limit(k)
@@ -81,6 +79,52 @@ def draw_prompts(pool: Dataset, used: Dataset | None, *, k: int, seed: int, roun
                         on=("cluster_id", "draw_rank"), right_on=("cluster_id", "best"))  # type: ignore[arg-type]
     return Draw(drawn=drawn, random=ranked.sort("draw_rank").limit(k), unused_prompts=remaining,
                 clusters_available=available)
+
+
+def draw_frame(pool: pd.DataFrame, used: set[str], *, k: int, seed: int, round_index: int
+               ) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """``draw_prompts`` on one frame (the small path): (drawn, random draw, unused prompts, clusters available).
+    The same ranks and picks, so both paths draw the same prompts."""
+    salt = f"{seed}:{round_index}:draw"
+    ranked = pool[~pool.prompt_id.isin(used)].assign(round=round_index)
+    ranked = ranked.assign(draw_rank=_rank(ranked["prompt_id"], salt))
+    best = ranked.groupby("cluster_id", sort=False)["draw_rank"].min().rename("best").reset_index()
+    if len(best) < k:
+        raise PoolTooSmallError(_too_few(round_index, k, len(best), len(ranked)))
+    picks = best.assign(cluster_rank=_rank(best["cluster_id"], salt + ":cluster")).sort_values("cluster_rank").head(k)
+    drawn = ranked.merge(picks[["cluster_id", "best"]], left_on=["cluster_id", "draw_rank"],
+                         right_on=["cluster_id", "best"]).drop(columns=["best"])
+    return drawn, ranked.sort_values("draw_rank").head(k), len(ranked), len(best)
+
+
+def _too_few(round_index: int, k: int, available: int, remaining: int) -> str:
+    return (f"round {round_index} needs prompts_per_round={k} prompts from distinct clusters, but only {available} "
+            f"clusters still have unused prompts ({remaining} unused prompts in all): raise synthesis.num_requests "
+            "(a bigger pool; delete round_000 to rebuild it), or lower prompts_per_round or rounds")
+
+
+def draw_small(pool_dir: str, used_dirs: list[str], embeddings_dir: str, out: str, *, k: int, seed: int,
+                round_index: int, m: int) -> dict[str, Any]:
+    """The whole draw of a small pool in one task: the pool and the ledger read whole, the drawn rows written to
+    ``out``, the metric samples' embeddings looked up. A refusal comes back as ``error``."""
+    import pyarrow.parquet as pq
+
+    pool = pq.read_table(pool_dir).to_pandas()
+    used = {i for d in used_dirs for i in pq.read_table(d, columns=["prompt_id"]).column("prompt_id").to_pylist()}
+    try:
+        drawn, random, unused, available = draw_frame(pool, used, k=k, seed=seed, round_index=round_index)
+    except PoolTooSmallError as e:
+        return {"error": str(e)}
+    pq.write_table(pa.Table.from_pandas(drawn, preserve_index=False), f"{out}/part-0.parquet")
+    columns = ["prompt_id", "prompt", "cluster_id"]
+    samples = drawn[columns].head(m), random[columns].head(m)
+    wanted = pa.array(sorted({*samples[0].prompt_id, *samples[1].prompt_id}), type=pa.string())
+    emb = pq.read_table(embeddings_dir, columns=["prompt_id", "embedding"])
+    emb = emb.filter(pc.is_in(emb["prompt_id"].cast(pa.string()), value_set=wanted)).to_pylist()
+    vectors = {r["prompt_id"]: np.asarray(r["embedding"], dtype=np.float32) for r in emb}
+    return {"rows": len(drawn), "unused": unused, "available": available,
+            "diversity": {"cluster_draw": sample_diversity(samples[0], vectors),
+                          "random_draw": sample_diversity(samples[1], vectors)}}
 
 
 def embeddings_of(embeddings: Dataset, ids: list[str]) -> dict[str, np.ndarray]:
@@ -95,6 +139,11 @@ def sample_diversity(rows: pd.DataFrame, vectors: dict[str, np.ndarray]) -> dict
     return diversity(list(rows["prompt"]), np.stack([vectors[i] for i in rows["prompt_id"]]), rows["cluster_id"])
 
 
+def head_rows(table: Any, *, columns: list[str], n: int) -> pd.DataFrame:
+    """The first ``n`` rows (``columns``) a write task wrote: the metric sample of a draw."""
+    return table.select(columns).slice(0, n).to_pandas()
+
+
 @dataclass
 class DrawPrompts(Stage):
     """A round's prompts: K unused prompts from K distinct clusters of the pool (the input: the clustered pool),
@@ -105,6 +154,8 @@ class DrawPrompts(Stage):
     round_index: int
     used: list[str]
     """The ledger: the earlier rounds' committed prompts stages (``ledger``)."""
+    pool: Path
+    """The clustered pool's rows (the input stage's ``data``), read whole on the small path."""
     embeddings: Path
     pool_rows: int
     metric_sample: int
@@ -114,17 +165,27 @@ class DrawPrompts(Stage):
 
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         assert data is not None
+        if self.pool_rows <= SMALL_ROWS:  # one task, no shuffle
+            task = ray.remote(draw_small).options(num_cpus=1)  # type: ignore[arg-type]
+            done = ray.get(task.remote(str(self.pool), self.used, str(self.embeddings), str(out),  # type: ignore
+                                       k=self.k, seed=self.seed, round_index=self.round_index,
+                                       m=min(self.k, self.metric_sample)))
+            if "error" in done:
+                raise PoolTooSmallError(done["error"])
+            return self.counted(done["rows"], ledger_before=self.pool_rows - done["unused"],
+                                unused_prompts=done["unused"], clusters_available=done["available"],
+                                diversity=done["diversity"])
         used = ray.data.read_parquet(self.used).select_columns(["prompt_id"]) if self.used else None
         draw = draw_prompts(data, used, k=self.k, seed=self.seed, round_index=self.round_index,
                             partitions=self.partitions)
-        draw.drawn.write_parquet(str(out))
         m, columns = min(self.k, self.metric_sample), ["prompt_id", "prompt", "cluster_id"]
-        drawn = sample_rows(ray.data.read_parquet(str(out)), m, columns=columns)  # rows land in hash order
+        rows, tallies = write_rows(draw.drawn, out, functools.partial(head_rows, columns=columns, n=m))
+        drawn = pd.concat(tallies).head(m) if tallies else pd.DataFrame(columns=columns)
         random = sample_rows(draw.random, m, columns=columns)
         vectors = embeddings_of(ray.data.read_parquet(str(self.embeddings)),
                                 [*drawn["prompt_id"], *random["prompt_id"]])
         return self.counted(
-            out, ledger_before=self.pool_rows - draw.unused_prompts,  # every used prompt is in the pool
+            rows, ledger_before=self.pool_rows - draw.unused_prompts,  # every used prompt is in the pool
             unused_prompts=draw.unused_prompts, clusters_available=draw.clusters_available,
             diversity={"cluster_draw": sample_diversity(drawn, vectors),
                        "random_draw": sample_diversity(random, vectors)})

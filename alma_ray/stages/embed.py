@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from ray.data import ActorPoolStrategy, Dataset
 
 from alma_ray.config import EmbeddingConfig, EngineConfig, ResourcesConfig
@@ -108,6 +107,16 @@ def embed_prompts(prompts: Dataset, *, model: str, cfg: EmbeddingConfig, engine:
                                compute=ActorPoolStrategy(size=res.engines_per_checkpoint), **remote)
 
 
+def embedding_dim(table: Any) -> int | None:
+    """The width of the embeddings a write task wrote."""
+    from ray.data.block import BlockAccessor
+
+    if not table.num_rows:
+        return None
+    column = BlockAccessor.for_block(table.slice(0, 1)).to_numpy("embedding")
+    return len(column[0])  # type: ignore[index]
+
+
 @dataclass
 class Embed(Stage):
     """Every pool prompt with its base-model embedding."""
@@ -121,6 +130,7 @@ class Embed(Stage):
     resources: ResourcesConfig
     name: str = "embeddings"
     needs: tuple[str, ...] = ("prompt_id", "prompt")
+    tally = staticmethod(embedding_dim)
     _started: float = field(default=0.0, repr=False)
 
     def transform(self, data: Dataset | None) -> Dataset:
@@ -131,7 +141,6 @@ class Embed(Stage):
         self._started = time.time()
         return super().write(data, out)
 
-    def figures(self, out: Path, rows: int) -> dict[str, Any]:
-        first = pq.read_table(sorted(out.glob("*.parquet"))[0], columns=["embedding"]).slice(0, 1)
-        return {"model": self.label, "dim": len(first.to_pylist()[0]["embedding"]),
+    def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
+        return {"model": self.label, "dim": tallies[0] if tallies else None,
                 "prompts_per_s": rows / (time.time() - self._started), **self.cfg.model_dump()}

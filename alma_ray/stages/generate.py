@@ -1,8 +1,11 @@
 """Sampling through vLLM actor pools: one pool per checkpoint, N samples per prompt in one request.
 
-``Sampler`` is the Ray Data actor (a callable class given to ``map_batches``); ``mix`` splits the N samples of a
-prompt across checkpoints (``Share``); ``generate_responses`` builds one pool per share and unions the streams;
-``Sample`` is the stage (ALMA's responses, each round's probe answers, the judge build's distill pairs).
+``SamplingEngine`` (``alma_ray.stages.engines``) holds one vLLM engine in a long-lived Ray actor (the run's
+``Engines`` keep a pool of them per model, shared by every stage that samples it); light Ray Data tasks stream
+batches to it (``_sample_batch``). ``mix`` splits the N
+samples of a prompt across checkpoints (``Share``); ``generate_responses`` feeds every share from one prompt stream
+and unions the results; ``Sample`` is the stage (ALMA's responses, each round's probe answers, the judge build's
+distill pairs).
 """
 
 from __future__ import annotations
@@ -13,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray.data
-from ray.data import ActorPoolStrategy, Dataset
+from ray.data import Dataset
 
-from alma_ray.config import EngineConfig, GenerationConfig, ResourcesConfig
-from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
+from alma_ray.config import GenerationConfig
 from alma_ray.ids import stable_seed
-from alma_ray.progress import StageProgress
+from alma_ray.progress import StageProgress, busy_window
 from alma_ray.stages.base import Stage
+from alma_ray.stages.engines import TOO_LONG, Engines, SampleRequest
 from alma_ray.store import StageOutput
-
-TOO_LONG = "prompt_too_long"
 
 
 def split_samples(n: int, weights: list[float]) -> list[int]:
@@ -36,82 +38,14 @@ def split_samples(n: int, weights: list[float]) -> list[int]:
     return shares
 
 
-class Sampler:
-    """Ray Data actor holding one vLLM engine; each input row yields ``n`` output rows.
+def _sample_batch(batch: dict[str, np.ndarray], *, engines: list[Any], request: SampleRequest,
+                  progress: Any) -> dict[str, list[Any]]:
+    """A Ray Data task: hand the batch to one of the model's long-lived engines (chosen by the batch's first
+    prompt, so a rerun sends it to the same one) and wait for its rows."""
+    import ray
 
-    Input columns: ``prompt``, ``prompt_id`` and any lineage columns (passed through). Output adds
-    ``checkpoint``, ``sample_index``, ``seed``, ``response``, token counts, ``finish_reason``,
-    ``cumulative_logprob`` and ``prompt_truncated``. A prompt that leaves no room for ``max_tokens`` is either cut
-    to fit (``too_long="truncate"``) or yields ``n`` rows with an empty response and ``finish_reason =
-    "prompt_too_long"`` (``"skip"``), so every (prompt, checkpoint, sample index) is accounted for.
-    """
-
-    def __init__(self, model: str, *, checkpoint: str, n: int, sampling: dict[str, Any], chat: bool | None,
-                 completion_template: str, engine: EngineConfig, use_gpu: bool, seed_salt: str,
-                 too_long: str = "skip", progress: Any = None) -> None:
-        built = time.time()
-        self.llm = build_llm(model, engine, use_gpu=use_gpu)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.chat = uses_chat_template(self.tokenizer, chat)
-        self.checkpoint, self.n, self.sampling = checkpoint, n, sampling
-        self.template, self.seed_salt, self.too_long = completion_template, seed_salt, too_long
-        self.max_prompt_tokens = engine.max_model_len - sampling["max_tokens"]
-        if self.max_prompt_tokens < 1:
-            raise ValueError(f"max_tokens={sampling['max_tokens']} leaves no room for a prompt in "
-                             f"engine.max_model_len={engine.max_model_len}: raise the one or lower the other")
-        self.progress = progress
-        if progress is not None:
-            progress.ready.remote(time.time(), time.time() - built)
-
-    def _encode(self, prompt: str) -> tuple[list[int], bool]:
-        """Token ids the engine sees, and whether the prompt was cut to fit the context."""
-        def encode(text: str) -> list[int]:
-            return prompt_ids(self.tokenizer, text, chat=self.chat, completion_template=self.template)
-
-        ids = encode(prompt)
-        if len(ids) <= self.max_prompt_tokens or self.too_long == "skip":
-            return ids, False
-        body = self.tokenizer.encode(prompt, add_special_tokens=False)
-        keep = len(body) - (len(ids) - self.max_prompt_tokens)
-        while keep > 0:  # re-tokenizing the cut text can shift a token or two: shrink until it fits
-            ids = encode(self.tokenizer.decode(body[:keep]))
-            if len(ids) <= self.max_prompt_tokens:
-                return ids, True
-            keep -= len(ids) - self.max_prompt_tokens
-        return ids, False  # the template alone is too long: counted as skipped
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from vllm import SamplingParams, TokensPrompt
-
-        started = time.time()
-        encoded = [self._encode(p) for p in batch["prompt"]]
-        seeds = [stable_seed(self.seed_salt, self.checkpoint, pid) for pid in batch["prompt_id"]]
-        fits = [i for i, (ids, _) in enumerate(encoded) if len(ids) <= self.max_prompt_tokens]
-        outputs = dict(zip(fits, self.llm.generate(
-            [TokensPrompt(prompt_token_ids=encoded[i][0]) for i in fits],
-            [SamplingParams(n=self.n, seed=seeds[i], logprobs=0, **self.sampling) for i in fits],
-            use_tqdm=False,
-        )))
-        rows: dict[str, list[Any]] = {k: [] for k in [*batch, "checkpoint", "sample_index", "seed", "response",
-                                                      "prompt_tokens", "output_tokens", "finish_reason",
-                                                      "cumulative_logprob", "prompt_truncated"]}
-        for i, (ids, truncated) in enumerate(encoded):
-            completions = outputs[i].outputs if i in outputs else [None] * self.n
-            for j, c in enumerate(completions):
-                for key, column in batch.items():
-                    rows[key].append(column[i].item() if hasattr(column[i], "item") else column[i])
-                rows["checkpoint"].append(self.checkpoint)
-                rows["sample_index"].append(j)
-                rows["seed"].append(seeds[i])
-                rows["prompt_tokens"].append(len(ids))
-                rows["response"].append(c.text.strip() if c else "")
-                rows["output_tokens"].append(len(c.token_ids) if c else 0)
-                rows["finish_reason"].append(str(c.finish_reason) if c else TOO_LONG)
-                rows["cumulative_logprob"].append(float(c.cumulative_logprob or 0.0) if c else 0.0)
-                rows["prompt_truncated"].append(truncated)
-        if self.progress is not None:
-            self.progress.add.remote(len(rows["response"]), sum(rows["output_tokens"]), started, time.time())
-        return rows
+    engine = engines[stable_seed(batch["prompt_id"][0]) % len(engines)]
+    return ray.get(engine.sample.remote(batch, request, progress))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -135,36 +69,52 @@ def mix(gen: GenerationConfig, models: dict[str, str]) -> list[Share]:
             for c, k in zip(present, split_samples(gen.n, [c.weight for c in present])) if k]
 
 
-def sample_pool(prompts: Dataset, share: Share, *, engine: EngineConfig, resources: ResourcesConfig,
-                completion_template: str, too_long: str, seed_salt: str, pool_size: int,
-                progress: Any = None) -> Dataset:
-    """One vLLM actor pool over ``prompts``: ``share.n`` samples per row from ``share.model`` (plain completions
-    use ``completion_template``).
+def sample_pool(prompts: Dataset, share: Share, *, engines: Engines, completion_template: str, too_long: str,
+                seed_salt: str, pool_size: int, progress: Any = None) -> Dataset:
+    """``share.n`` samples per row of ``prompts`` from ``share.model``'s long-lived engines (``pool_size`` of them;
+    plain completions use ``completion_template``). Ray Data streams the batches to them from light tasks.
 
-    Ray Data restarts a dead engine actor and retries its batch (``max_restarts``/``max_task_retries`` = -1 for
-    actor pools), so a crash costs time, never rows.
+    A dead engine is restarted by Ray and the batch it held retried (``max_restarts``/``max_task_retries`` = -1),
+    so a crash costs time, never rows.
     """
-    return prompts.map_batches(
-        Sampler,
-        fn_constructor_kwargs=dict(model=share.model, checkpoint=share.checkpoint, n=share.n,
-                                   sampling=share.sampling, chat=share.chat, completion_template=completion_template,
-                                   engine=engine, use_gpu=resources.use_gpu, seed_salt=seed_salt,
-                                   too_long=too_long, progress=progress),
-        batch_size=engine.batch_size,
-        compute=ActorPoolStrategy(size=pool_size),
-        **actor_remote_args(engine, use_gpu=resources.use_gpu, cpus=resources.cpus_per_engine),
-    )
+    request = SampleRequest(share.checkpoint, share.n, share.sampling, share.chat, completion_template, seed_salt,
+                            too_long)
+    actors = engines.samplers(share.model, pool_size)
+    return prompts.map_batches(_sample_batch, batch_size=engines.engine.batch_size,  # type: ignore[arg-type]
+                               fn_kwargs=dict(engines=actors, request=request, progress=progress),
+                               num_cpus=0, concurrency=2 * len(actors))
 
 
-def generate_responses(prompts: Dataset, shares: list[Share], *, engine: EngineConfig, resources: ResourcesConfig,
-                       completion_template: str, too_long: str, seed_salt: str, pool_size: int,
-                       progress: Any = None) -> Dataset:
-    """Every share's samples of every prompt: one actor pool per share, all fed from the same prompt stream; the
-    pools run side by side when the cluster has room for all of them, else Ray Data queues them."""
-    streams = [sample_pool(prompts, share, engine=engine, resources=resources,
-                           completion_template=completion_template, too_long=too_long, seed_salt=seed_salt,
-                           pool_size=pool_size, progress=progress) for share in shares]
+def generate_responses(prompts: Dataset, shares: list[Share], *, engines: Engines, completion_template: str,
+                       too_long: str, seed_salt: str, pool_size: int, progress: Any = None) -> Dataset:
+    """Every share's samples of every prompt: one engine pool per share's model, all fed from the same prompt
+    stream."""
+    streams = [sample_pool(prompts, share, engines=engines, completion_template=completion_template,
+                           too_long=too_long, seed_salt=seed_salt, pool_size=pool_size, progress=progress)
+               for share in shares]
     return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+
+
+def sampling_tally(table: pa.Table) -> dict[str, list[int]]:
+    """One write task's figures of the responses it wrote: checkpoint -> [rows, output tokens, rows skipped as too
+    long, rows whose prompt was truncated]."""
+    df = table.select(["checkpoint", "output_tokens", "finish_reason", "prompt_truncated"]).to_pandas()
+    df["skipped"] = df.finish_reason == TOO_LONG
+    groups = df.groupby("checkpoint").agg(rows=("output_tokens", "size"), tokens=("output_tokens", "sum"),
+                                          skipped=("skipped", "sum"), truncated=("prompt_truncated", "sum"))
+    return {str(k): [int(v) for v in row] for k, row in groups.iterrows()}
+
+
+def generation_stats(tallies: list[dict[str, list[int]]]) -> dict[str, Any]:
+    """Manifest figures of a written responses stage, merged from its write tasks' ``sampling_tally``: tokens,
+    rows per checkpoint, too-long prompts."""
+    per: dict[str, np.ndarray] = {}
+    for tally in tallies:
+        for checkpoint, values in tally.items():
+            per[checkpoint] = per.get(checkpoint, np.zeros(4, dtype=np.int64)) + np.asarray(values)
+    total = sum(per.values(), np.zeros(4, dtype=np.int64))
+    return {"output_tokens": int(total[1]), "rows_too_long_skipped": int(total[2]),
+            "rows_prompt_truncated": int(total[3]), "rows_per_checkpoint": {k: int(v[0]) for k, v in per.items()}}
 
 
 @dataclass
@@ -177,8 +127,7 @@ class Sample(Stage):
 
     name: str
     shares: list[Share]
-    engine: EngineConfig
-    resources: ResourcesConfig
+    engines: Engines
     seed_salt: str
     completion_template: str
     too_long: str = "skip"
@@ -188,6 +137,7 @@ class Sample(Stage):
     """Rows of the input stage (for the progress bar's total), when the prompts come from one."""
     needs: tuple[str, ...] = ("prompt_id", "prompt")
     empty_hint: str = "no prompts reached the engines: check the input stage"
+    tally = staticmethod(sampling_tally)
     _started: float = field(default=0.0, repr=False)
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
@@ -195,7 +145,7 @@ class Sample(Stage):
     def transform(self, data: Dataset | None) -> Dataset:
         prompts = ray.data.from_items(self.prompts) if self.prompts is not None else data
         assert prompts is not None, f"stage {self.name} has no prompts"
-        return generate_responses(prompts, self.shares, engine=self.engine, resources=self.resources,
+        return generate_responses(prompts, self.shares, engines=self.engines,
                                   completion_template=self.completion_template, too_long=self.too_long,
                                   seed_salt=self.seed_salt, pool_size=self.pool_size, progress=self.progress)
 
@@ -206,28 +156,10 @@ class Sample(Stage):
             self.progress = progress.counter
             result = super().write(data, out)
         result.stats["steady_tok_s"] = progress.final.get("steady_tok_s")
+        result.stats["busy_s"] = busy_window(progress.final)
         return result
 
-    def figures(self, out: Path, rows: int) -> dict[str, Any]:
-        stats = generation_stats(ray.data.read_parquet(str(out)))
+    def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
+        stats = generation_stats(tallies)
         return {**stats, "tokens_per_s": stats["output_tokens"] / max(time.time() - self._started, 1e-9),
                 "checkpoints": {s.checkpoint: s.model for s in self.shares}}
-
-
-def generation_stats(responses: Dataset) -> dict[str, Any]:
-    """Manifest figures for a written responses dataset: tokens, rows per checkpoint, too-long prompts."""
-    def indicators(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"checkpoint": batch["checkpoint"], "output_tokens": batch["output_tokens"],
-                "skipped_too_long": (batch["finish_reason"] == TOO_LONG).astype(np.int64),
-                "truncated": batch["prompt_truncated"].astype(np.int64)}
-
-    from ray.data.aggregate import Count, Sum
-
-    # One pass, grouped by checkpoint: a handful of groups, so one shuffle partition (Ray's default is 200).
-    groups = responses.map_batches(indicators, batch_format="numpy").groupby(
-        "checkpoint", num_partitions=1).aggregate(
-        Count(), Sum("output_tokens"), Sum("skipped_too_long"), Sum("truncated")).take_all()
-    return {"output_tokens": sum(int(g["sum(output_tokens)"]) for g in groups),
-            "rows_too_long_skipped": sum(int(g["sum(skipped_too_long)"]) for g in groups),
-            "rows_prompt_truncated": sum(int(g["sum(truncated)"]) for g in groups),
-            "rows_per_checkpoint": {g["checkpoint"]: int(g["count()"]) for g in groups}}

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from alma_ray.config import EngineConfig, JudgeBuildConfig, JudgeConfig, ResourcesConfig
+from alma_ray.config import JudgeBuildConfig, JudgeConfig
 from alma_ray.judge.annotations import (
     DEMO,
     demo_annotations,
@@ -28,13 +28,14 @@ from alma_ray.judge.annotations import (
     preference_pairs,
     split_by_question,
 )
-from alma_ray.judge.serve import Panel, judge_service, score_dataset
+from alma_ray.judge.serve import Panel, score_dataset
 from alma_ray.stages.base import Stage
+from alma_ray.stages.engines import Engines
 from alma_ray.store import StageOutput
 from alma_ray.train.data import one_hot_ratings
 
 
-def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+def write_pylist(rows: list[dict[str, Any]], out: Path) -> None:
     """A small list of rows (collected by design: annotations, accuracy tables) as one parquet file."""
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "part-0.parquet")
@@ -53,11 +54,11 @@ class Annotations(Stage):
         b = self.build
         rows = demo_annotations(self.seed) if b.annotations == DEMO else load_annotations(b.annotations)
         train, held = split_by_question(rows, b.heldout, seed=self.seed)
-        write_rows([{**r, "split": "train"} for r in train] + [{**r, "split": "heldout"} for r in held], out)
+        write_pylist([{**r, "split": "train"} for r in train] + [{**r, "split": "heldout"} for r in held], out)
         methods: dict[str, int] = {}
         for r in rows:
             methods[r["method"]] = methods.get(r["method"], 0) + 1
-        return self.counted(out, train=len(train), heldout=len(held), methods=methods,
+        return self.counted(len(rows), train=len(train), heldout=len(held), methods=methods,
                             heldout_pairs=len(preference_pairs(held)), source=b.annotations)
 
 
@@ -68,26 +69,27 @@ class HeldoutAccuracy(Stage):
     judge: JudgeConfig
     models: dict[str, str]
     held_rows: list[dict[str, Any]]
-    engine: EngineConfig
-    resources: ResourcesConfig
+    engines: Engines
     name: str = "judge_eval"
 
     def write(self, data: Any, out: Path) -> StageOutput:
-        table = heldout_accuracy(Panel.compare(self.judge, self.models), self.held_rows, engine=self.engine,
-                                 resources=self.resources)
-        write_rows(table, out)
+        table = heldout_accuracy(Panel.compare(self.judge, self.models), self.held_rows, self.engines)
+        write_pylist(table, out)
         (out / "accuracy.json").write_text(json.dumps(table, indent=1))
-        return self.counted(out, table=table)
+        return self.counted(len(table), table=table)
 
 
-def heldout_accuracy(panel: Panel, held_rows: list[dict[str, Any]], *, engine: EngineConfig,
-                     resources: ResourcesConfig) -> list[dict[str, Any]]:
-    """Pairwise accuracy on the held-out preference pairs of every judge of ``panel``, integer and real-valued."""
+def heldout_accuracy(panel: Panel, held_rows: list[dict[str, Any]], engines: Engines) -> list[dict[str, Any]]:
+    """Pairwise accuracy on the held-out preference pairs of every judge of ``panel``, integer and real-valued
+    (the panel's app is given back afterwards)."""
     pairs = preference_pairs(held_rows)
     texts = sorted({(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")})
-    with judge_service(panel, engine, resources):  # held-out pairs only: small enough to collect
+    try:  # held-out pairs only: small enough to collect
         scored = score_dataset(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
-                               batch_size=panel.max_batch_size, resources=resources).take_all()
+                               batch_size=panel.max_batch_size, resources=engines.resources,
+                               app=engines.judge_app(panel)).take_all()
+    finally:
+        engines.stop_judge(panel)
     lookup = {(r["prompt"], r["response"]): r for r in scored}
     rows = []
     for member in (j.name for j in panel.judges):

@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray.data
 from ray.data import Dataset
 
-from alma_ray.config import EngineConfig, ResourcesConfig, SynthesisConfig
+from alma_ray.config import SynthesisConfig
 from alma_ray.ids import prompt_id, stable_seed
-from alma_ray.progress import StageProgress
-from alma_ray.stages.base import Stage
+from alma_ray.progress import StageProgress, busy_window
+from alma_ray.stages.base import Stage, write_rows
+from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Share, sample_pool
 from alma_ray.store import StageOutput
 
@@ -82,6 +84,22 @@ def classify(batch: pd.DataFrame, *, seed_ids: set[str], min_chars: int, max_cha
     })
 
 
+def reject_tally(table: pa.Table) -> dict[str, int]:
+    """One write task's rows per filter ("" for passed)."""
+    return {str(k): int(v) for k, v in table.column("reject").to_pandas().value_counts().items()}
+
+
+def filter_counts(tallies: list[dict[str, int]]) -> dict[str, int]:
+    """Rows rejected by each filter (every filter listed, 0 when it rejected nothing) and rows that passed."""
+    counts = {name: 0 for name in FILTERS}
+    counts["passed"] = 0
+    for tally in tallies:
+        for reject, n in tally.items():
+            key = reject or "passed"
+            counts[key] = counts.get(key, 0) + n
+    return counts
+
+
 @dataclass
 class Synthesize(Stage):
     """Candidate prompts for the pool: one per few-shot request (shots drawn from ``seeds``), cleaned, each with
@@ -96,11 +114,11 @@ class Synthesize(Stage):
     seeds: list[str]
     known: list[str]
     seed: int
-    engine: EngineConfig
-    resources: ResourcesConfig
+    engines: Engines
     seed_bad_lines: int = 0
     name: str = "synthesis"
     empty_hint: str = "raise synthesis.num_requests"
+    tally = staticmethod(reject_tally)
     _window: float = field(default=0.0, repr=False)
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
@@ -112,9 +130,9 @@ class Synthesize(Stage):
             fn_kwargs=dict(seeds=self.seeds, k=syn.k_shot, salt=salt), batch_size=256)
         base = Share("base", self.model, 1, dict(temperature=syn.temperature, top_p=syn.top_p,
                                                  max_tokens=syn.max_tokens, stop=STOP), chat=False)
-        completions = sample_pool(requests, base, engine=self.engine, resources=self.resources,
-                                  completion_template="{prompt}", too_long="skip", seed_salt=salt,
-                                  pool_size=self.resources.engines_per_checkpoint, progress=self.progress)
+        completions = sample_pool(requests, base, engines=self.engines, completion_template="{prompt}",
+                                  too_long="skip", seed_salt=salt,
+                                  pool_size=self.engines.resources.engines_per_checkpoint, progress=self.progress)
         return completions.map_batches(
             classify,  # type: ignore[arg-type]
             fn_kwargs=dict(seed_ids={prompt_id(s) for s in [*self.seeds, *self.known]}, min_chars=syn.min_chars,
@@ -124,22 +142,11 @@ class Synthesize(Stage):
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         with StageProgress(self.name, self.syn.num_requests) as progress:
             self.progress = progress.counter
-            self.transform(data).write_parquet(str(out))
-        self._window = (progress.final.get("last_done") or 0) - (progress.final.get("first_start") or 0)
-        return self.counted(out)
+            rows, tallies = write_rows(self.transform(data), out, self.tally)
+        self._window = busy_window(progress.final) or 0.0
+        return self.counted(rows, tallies, busy_s=self._window or None)
 
-    def figures(self, out: Path, rows: int) -> dict[str, Any]:
-        return {"filters": filter_counts(ray.data.read_parquet(str(out))), "fewshot_seeds": len(self.seeds),
+    def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
+        return {"filters": filter_counts(tallies), "fewshot_seeds": len(self.seeds),
                 "seed_bad_lines_skipped": self.seed_bad_lines,
                 "steady_requests_per_s": self.syn.num_requests / self._window if self._window > 0 else None}
-
-
-def filter_counts(candidates: Dataset) -> dict[str, int]:
-    """Rows rejected by each filter (every filter listed, 0 when it rejected nothing) and rows that passed."""
-    from ray.data.aggregate import Count
-
-    counts = {name: 0 for name in FILTERS}
-    for row in candidates.groupby("reject", num_partitions=1).aggregate(Count()).iter_rows():
-        counts[row["reject"] or "passed"] = int(row["count()"])
-    counts.setdefault("passed", 0)
-    return counts

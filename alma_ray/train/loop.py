@@ -158,6 +158,7 @@ class Worker:
             "steps": len(self.losses), "resumed_from_step": self.resumed_from,
             "train_tokens_per_s_rank0": self.tokens / elapsed if elapsed else 0.0,
             "steady_tokens_per_s_rank0": steady, "padding_fraction": 1 - self.tokens / max(1, self.cells),
+            "busy_s": round(elapsed, 3),
             "first_step_at": self.first_step_at, "losses": self.losses,
             **{f"final_{k}": v for k, v in last_quarter.items()}}
 

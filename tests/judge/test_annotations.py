@@ -37,10 +37,16 @@ def test_user_annotations_are_checked_line_by_line(tmp_path: Path) -> None:
     assert [r["score"] for r in rows] == [7, 2] and rows[0]["method"] == "human"
     for body, message in [('{"prompt": "p", "response": "r", "score": 11}', "a.jsonl:1: 'score' must be"),
                           ('{"prompt": "p", "score": 3}', "a.jsonl:1: 'response' must be"),
-                          ('{"prompt": "p", "response": "r", "score": 3}\n{bad', "a.jsonl:2: not valid JSON")]:
+                          ('{"prompt": "p", "response": "r", "score": 3}\n{bad', "a.jsonl:2: not valid JSON"),
+                          ('{"prompt": "p", "response": "r", "score": NaN}', "a.jsonl:1: 'score' must be"),
+                          ('{"prompt": "p", "response": "r", "score": Infinity}', "a.jsonl:1: 'score' must be"),
+                          ("", "a.jsonl: no annotation rows")]:
         good.write_text(body)
         with pytest.raises(AnnotationError, match=message):
             load_annotations(good)
+    good.write_bytes(b'{"prompt": "p", "response": "r", "score": 3}\n{"prompt": "\xff", "response": "r", "score": 3}')
+    with pytest.raises(AnnotationError, match="a.jsonl:2: not valid UTF-8"):
+        load_annotations(good)
 
 
 def test_ties_and_unscored_pairs_are_not_wins() -> None:

@@ -1,9 +1,11 @@
-"""The stage shape: a stage refuses an input without the columns it needs, and an empty result, by name."""
+"""The stage shape: a stage refuses an input without the columns it needs, and an empty result, by name; its
+figures come from the write tasks' tallies of what they wrote."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from alma_ray.errors import EmptyStageError, StageInputError
@@ -18,8 +20,10 @@ class _Keep(Stage):
     def transform(self, data):  # type: ignore[no-untyped-def]
         return data.filter(expr="score > 5")
 
-    def figures(self, out: Path, rows: int) -> dict:
-        return {"rows_seen": rows}
+    tally = staticmethod(lambda table: int(sum(table.column("score").to_pylist())))
+
+    def figures(self, tallies: list, rows: int) -> dict:
+        return {"rows_seen": rows, "score_sum": sum(tallies)}
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -29,9 +33,10 @@ def test_needs_are_checked_and_empty_results_refused(tmp_path: Path) -> None:
     stage = _Keep()
     with pytest.raises(StageInputError, match=r"stage kept needs column\(s\) \['score'\] in its input"):
         stage.check(ray.data.from_items([{"prompt": "a"}]), tmp_path)
-    data = ray.data.from_items([{"prompt": "a", "score": 7}, {"prompt": "b", "score": 1}])
+    data = ray.data.from_items([{"prompt": f"p{i}", "score": i} for i in range(10)], override_num_blocks=3)
     stage.check(data, tmp_path)
-    out = stage.write(data, tmp_path / "one")
-    assert out.rows == 1 and out.stats == {"rows_seen": 1}
+    out = stage.write(data, tmp_path / "kept")
+    assert out.rows == 4 and out.stats == {"rows_seen": 4, "score_sum": 6 + 7 + 8 + 9}
+    assert sorted(pq.read_table(tmp_path / "kept").column("score").to_pylist()) == [6, 7, 8, 9]
     with pytest.raises(EmptyStageError, match="stage kept produced no rows.*lower the threshold"):
         stage.write(data.filter(expr="score > 100"), tmp_path / "none")

@@ -71,3 +71,23 @@ def test_each_round_draws_distinct_clusters_never_reusing_a_prompt() -> None:
     with pytest.raises(PoolTooSmallError, match="only 0 clusters still have unused prompts"):
         draw_prompts(ray.data.from_pandas(pool), ray.data.from_pandas(pd.DataFrame({"prompt_id": used})),
                      k=4, seed=0, round_index=4, partitions=1)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_small_path_draws_what_the_shuffled_path_draws() -> None:
+    from alma_ray.stages.draw import draw_frame
+
+    pool = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(40)], "prompt": [f"prompt {i}" for i in range(40)],
+                         "cluster_id": [i % 10 for i in range(40)]})
+    used = {f"p{i}" for i in range(0, 40, 3)}
+    ledger = ray.data.from_pandas(pd.DataFrame({"prompt_id": sorted(used)}))
+    large = draw_prompts(ray.data.from_items(pool.to_dict("records"), override_num_blocks=4), ledger, k=6, seed=3,
+                         round_index=2,
+                         partitions=3)  # shuffles and joins with several partitions, as a large pool takes them
+    drawn, random, unused, available = draw_frame(pool, used, k=6, seed=3, round_index=2)
+    assert sorted(drawn.prompt_id) == sorted(r["prompt_id"] for r in large.drawn.take_all())
+    assert sorted(random.prompt_id) == sorted(r["prompt_id"] for r in large.random.take_all())
+    assert (unused, available) == (large.unused_prompts, large.clusters_available) == (40 - len(used), 10)
+    assert drawn.cluster_id.is_unique and not set(drawn.prompt_id) & used
+    with pytest.raises(PoolTooSmallError, match="only 10 clusters"):
+        draw_frame(pool, used, k=11, seed=3, round_index=2)

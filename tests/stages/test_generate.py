@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from alma_ray.config import AlmaConfig
 from alma_ray.ids import stable_seed
-from alma_ray.stages.generate import TOO_LONG, generate_responses, generation_stats, mix, split_samples
+from alma_ray.stages.generate import (
+    TOO_LONG,
+    generate_responses,
+    generation_stats,
+    mix,
+    sampling_tally,
+    split_samples,
+)
 
 LINEAGE = ["round", "prompt_id", "cluster_id", "checkpoint", "sample_index", "seed"]
 
@@ -38,14 +46,15 @@ def test_per_checkpoint_sampling_overrides_the_section(tiny_model: str) -> None:
     assert config.generation.sampling(b)["max_tokens"] == 8 and config.generation.sampling(b)["temperature"] == 0
 
 
-def _config(model: str, *, too_long: str, batch_size: int = 4, max_tokens: int = 12) -> AlmaConfig:
+def _config(model: str, *, too_long: str, batch_size: int = 4, max_tokens: int = 12, engines: int = 1
+            ) -> AlmaConfig:
     return AlmaConfig(
         base_model=model, judge={"model": model}, seed=7,
         generation={"n": 3, "max_tokens": max_tokens, "too_long": too_long, "checkpoints": [
             {"name": "a", "model": model, "weight": 2},
             {"name": "b", "model": model, "weight": 1, "max_tokens": 8, "temperature": 0.0}]},
         engine={"max_model_len": 128, "batch_size": batch_size, "dtype": "float32"},
-        resources={"cpus_per_engine": 1},
+        resources={"cpus_per_engine": 1, "engines_per_checkpoint": engines},
     )
 
 
@@ -62,13 +71,19 @@ def _prompts(count: int, long_every: int = 0) -> Any:
 
 
 def _run(config: AlmaConfig, prompts: Any, out: Path, progress: Any = None) -> pd.DataFrame:
+    from alma_ray.stages.base import write_rows
+    from alma_ray.stages.engines import Engines
+
     gen = config.generation
-    ds = generate_responses(prompts, mix(gen, {"a": config.base_model, "b": config.base_model}),
-                            engine=config.engine, resources=config.resources,
-                            completion_template=gen.completion_template, too_long=gen.too_long,
-                            seed_salt=f"{config.seed}:1:responses", pool_size=1, progress=progress)
-    ds.write_parquet(str(out))
-    return pd.read_parquet(out)
+    with Engines(config.engine, config.resources) as engines:
+        ds = generate_responses(prompts, mix(gen, {"a": config.base_model, "b": config.base_model}),
+                                engines=engines, completion_template=gen.completion_template, too_long=gen.too_long,
+                                seed_salt=f"{config.seed}:1:responses",
+                                pool_size=config.resources.engines_per_checkpoint, progress=progress)
+        rows, tallies = write_rows(ds, out, sampling_tally)
+    df = pd.read_parquet(out)
+    assert rows == len(df) and generation_stats(tallies)["output_tokens"] == df.output_tokens.sum()
+    return df
 
 
 def _assert_exactly_once(df: pd.DataFrame, prompts: int) -> None:
@@ -82,7 +97,6 @@ def _assert_exactly_once(df: pd.DataFrame, prompts: int) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_path: Path) -> None:
-    import ray.data
 
     df = _run(_config(tiny_model, too_long="skip"), _prompts(12, long_every=5), tmp_path / "skip")
     _assert_exactly_once(df, 12)
@@ -90,7 +104,7 @@ def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_
     assert set(skipped.prompt_id) == {"p000", "p005", "p010"} and (skipped.response == "").all()
     assert (df[df.finish_reason != TOO_LONG].output_tokens > 0).all()
     assert df[df.checkpoint == "b"].output_tokens.max() <= 8  # the per-checkpoint max_tokens
-    stats = generation_stats(ray.data.read_parquet(str(tmp_path / "skip")))
+    stats = generation_stats([sampling_tally(pq.read_table(tmp_path / "skip"))])
     assert stats["rows_too_long_skipped"] == 9 and stats["rows_prompt_truncated"] == 0
     assert stats["rows_per_checkpoint"] == {"a": 24, "b": 12}
 
@@ -105,13 +119,14 @@ def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_killed_engine_actor_loses_and_duplicates_nothing(tiny_model: str, tmp_path: Path) -> None:
-    """SIGKILL one engine actor mid-run: Ray Data restarts it and retries its batch; the output is exact."""
+    """SIGKILL one of a checkpoint's two engines mid-run: Ray restarts it and retries the batch it held; the output
+    is exact."""
     from ray.util.state import list_actors
 
     from alma_ray.progress import StageProgress
 
     prompts = 40
-    config = _config(tiny_model, too_long="skip", batch_size=2, max_tokens=48)
+    config = _config(tiny_model, too_long="skip", batch_size=2, max_tokens=48, engines=2)
     result: dict[str, Any] = {}
 
     with StageProgress("responses", prompts * 3, show=False) as progress:
@@ -130,7 +145,7 @@ def test_a_killed_engine_actor_loses_and_duplicates_nothing(tiny_model: str, tmp
 
             if ray.get(progress.counter.snapshot.remote())["batches"] >= 2:
                 workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-                           if "MapWorker" in a.class_name and a.pid]
+                           if "SamplingEngine" in a.class_name and a.pid]
                 if workers:
                     killed = workers[0].pid
                     os.kill(killed, signal.SIGKILL)
@@ -138,5 +153,5 @@ def test_a_killed_engine_actor_loses_and_duplicates_nothing(tiny_model: str, tmp
         runner.join(timeout=600)
     assert "error" not in result, result.get("error")
     assert killed is not None, "the run ended before an engine actor could be killed; make the job longer"
-    assert progress.final["engines_ready"] >= 3  # two pools + the restarted engine
+    assert progress.final["engines_ready"] >= 3  # two engines + the restarted one
     _assert_exactly_once(result["df"], prompts)

@@ -1,5 +1,5 @@
 """Best-of-N: the highest valid score per prompt, ties broken the same way on every rerun, flagged rows never
-chosen; with one shuffle partition and with several (the path a large round takes)."""
+chosen; on the small path (one task) and through a hash shuffle with several partitions (a large round's path)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ def _scored() -> list[dict]:
 
 
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("partitions", [1, 3])
-def test_best_of_n_per_prompt(partitions: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", ["small", "shuffled"])
+def test_best_of_n_per_prompt(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray.data
 
     from alma_ray.stages import select
 
-    monkeypatch.setattr(select, "shuffle_partitions", lambda rows: partitions)
+    if path == "shuffled":
+        monkeypatch.setattr(select, "SMALL_ROWS", 0)
+        monkeypatch.setattr(select, "shuffle_partitions", lambda rows: 3)
     best = select_best(ray.data.from_items(_scored(), override_num_blocks=3), expected_rows=9).to_pandas()
     best = best.set_index("prompt_id").sort_index()
     assert list(best.response) == ["p1-1", "p2-0", "p3-1"]  # p1: tie 7.5 -> checkpoint a before b

@@ -23,6 +23,7 @@ from alma_ray.recipes.alma.plan import plan
 from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw
 from alma_ray.recipes.base import Log, Run, RunSummary
 from alma_ray.seeds import heldout_and_pool, load_seeds
+from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Sample, Share, mix
 from alma_ray.stages.score import Score
 from alma_ray.stages.select import SelectBest
@@ -74,45 +75,51 @@ class ALMARecipe:
         seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
                            max_chars=config.synthesis.max_seed_chars)
         heldout, fewshot = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
-        log(f"seeds: {len(seeds.prompts)} prompts ({len(fewshot)} few-shot pool, {len(heldout)} held out), "
-            f"{seeds.skipped_bad_lines} bad lines skipped")
+        log(f"seeds: {len(seeds.prompts)} prompts ({len(fewshot)} few-shot pool, {len(heldout)} held out); "
+            f"skipped: {seeds.skipped_bad_lines} bad lines, {seeds.skipped_too_long} over synthesis.max_seed_chars, "
+            f"{seeds.skipped_other} duplicates or non-English")
         judges = {m.name: ServedJudge(m.name, resolve_model(m.model), m.weight, m.chat_template, label=m.model)
                   for m in config.judge.members}
-        if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
-            main = judges[config.judge.name]
-            built = build_judge(config, run, base=base, judge_start=main.model, seed_prompts=fewshot)
-            judges[main.name] = ServedJudge(main.name, built.model, main.weight, main.chat,
-                                            label=f"round_000/{built.stage}")
-            log("judge accuracy on held-out preference pairs:\n" + accuracy_table(built.table))
-        panel = Panel.of(config.judge, list(judges.values()))
-        pool = build_pool(config, run, base=base, seeds=fewshot, heldout=heldout,
-                          seed_bad_lines=seeds.skipped_bad_lines)
-        log(f"[round 0] report -> {report.write_round(store.path(0, ''))}")
-        fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
-                 if not names_run_model(c.model)}
-        trained = Trained()
-        for r in range(1, config.rounds + 1):
-            self.round(config, run, r, pool=pool, panel=panel, base=base, fixed=fixed, trained=trained,
-                       heldout=heldout)
-            log(f"[round {r}] report -> {report.write_round(store.path(r, ''))}")
+        with Engines(config.engine, config.resources, log=log) as engines:
+            if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
+                main = judges[config.judge.name]
+                built = build_judge(config, run, engines, base=base, judge_start=main.model, seed_prompts=fewshot)
+                judges[main.name] = ServedJudge(main.name, built.model, main.weight, main.chat,
+                                                label=f"round_000/{built.stage}")
+                log("judge accuracy on held-out preference pairs:\n" + accuracy_table(built.table))
+            panel = Panel.of(config.judge, list(judges.values()))
+            fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
+                     if not names_run_model(c.model)}
+            pool = build_pool(config, run, engines, base=base, seeds=fewshot, heldout=heldout,
+                              sampled_later=set(fixed.values()), seed_bad_lines=seeds.skipped_bad_lines)
+            log(f"[round 0] report -> {report.write_round(store.path(0, ''))}")
+            trained = Trained()
+            for r in range(1, config.rounds + 1):
+                self.round(config, run, engines, r, pool=pool, panel=panel, base=base, fixed=fixed,
+                           trained=trained, heldout=heldout)
+                log(f"[round {r}] report -> {report.write_round(store.path(r, ''))}")
         run.summary.wall_s = time.time() - started
         return run.summary
 
-    def round(self, config: AlmaConfig, run: Run, r: int, *, pool: PromptPool, panel: Panel, base: str,
-              fixed: dict[str, str], trained: Trained, heldout: list[str]) -> None:
+    def round(self, config: AlmaConfig, run: Run, engines: Engines, r: int, *, pool: PromptPool, panel: Panel,
+              base: str, fixed: dict[str, str], trained: Trained, heldout: list[str]) -> None:
         """One round: draw -> generate -> score -> select -> train -> probe."""
-        gen, engine, res, train = config.generation, config.engine, config.resources, config.train
+        gen, train = config.generation, config.train
+        shares = mix(gen, trained.models(config, fixed))
+        engines.keep_only({s.model for s in shares}, [panel])  # what this round samples and the fixed judge
         prompts = draw(config, run, r, pool)
         responses = run.stage(r, Sample(
-            "responses", mix(gen, trained.models(config, fixed)), engine, res, seed_salt=f"{config.seed}:{r}:responses",
+            "responses", shares, engines, seed_salt=f"{config.seed}:{r}:responses",
             completion_template=gen.completion_template, too_long=gen.too_long,
-            pool_size=res.engines_per_checkpoint, prompt_rows=prompts.manifest.rows), read=prompts)
-        scores = run.stage(r, Score(panel, engine, res), read=responses)
+            pool_size=config.resources.engines_per_checkpoint, prompt_rows=prompts.manifest.rows), read=prompts)
+        scores = run.stage(r, Score(panel, engines, rows=responses.manifest.rows), read=responses)
         selected = run.stage(r, SelectBest(scored_rows=scores.manifest.rows), read=scores)
         trained.selected.append(str(selected.path))
         init = base if train.init == "base" or trained.latest is None else trained.latest
-        sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train, res,
-                                  model=init, seed=train.seed + k, examples=list(trained.selected)), after=[selected])
+        engines.before_training()
+        sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train,
+                                  config.resources, model=init, seed=train.seed + k,
+                                  examples=list(trained.selected)), after=[selected])
                for k in range(train.round_one_seeds if r == 1 else 1)]
         trained.latest = str(sft[0].path)
         if r == 1:
@@ -120,7 +127,7 @@ class ALMARecipe:
         if heldout:
             probe = Share(f"round_{r:03d}/sft", trained.latest, 1, dict(
                 temperature=gen.probe_temperature, max_tokens=gen.max_tokens, stop=gen.stop or None))
-            run.stage(r, Sample("probe", [probe], engine, res, seed_salt=f"{config.seed}:{r}:probe",
+            run.stage(r, Sample("probe", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
                                 completion_template=gen.completion_template, too_long=gen.too_long,
                                 prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p} for p in heldout]),
                       after=[sft[0]])

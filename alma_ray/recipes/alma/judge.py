@@ -25,6 +25,7 @@ from alma_ray.config import AlmaConfig, Checkpoint
 from alma_ray.ids import prompt_id
 from alma_ray.judge.serve import Panel
 from alma_ray.recipes.base import Run
+from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Sample, Share
 from alma_ray.stages.judge_build import Annotations, HeldoutAccuracy, distill_rows
 from alma_ray.stages.score import Score
@@ -46,7 +47,8 @@ class BuiltJudge:
     """Held-out pairwise accuracy of the base model and each trained judge."""
 
 
-def build_judge(config: AlmaConfig, run: Run, *, base: str, judge_start: str, seed_prompts: list[str]) -> BuiltJudge:
+def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, judge_start: str,
+                seed_prompts: list[str]) -> BuiltJudge:
     """Run (or resume) the judge-building stages."""
     build = config.judge.build
     assert build is not None
@@ -55,20 +57,22 @@ def build_judge(config: AlmaConfig, run: Run, *, base: str, judge_start: str, se
     train_rows = [r for r in table if r["split"] == "train"]
     examples = ray.data.from_items([{"prompt": r["prompt"], "response": r["response"], "target": t}
                                     for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
+    engines.before_training()
     sft = run.stage(ROUND, judge_training(config, "judge_sft", model=judge_start, examples=examples),
                     after=[annotations])
     trained = [sft]
     if build.distill_pairs:
-        pairs = run.stage(ROUND, distill_pairs(config, base=base, seed_prompts=seed_prompts, m=build.distill_pairs),
-                          after=[sft])
-        scores = run.stage(ROUND, Score(Panel.compare(config.judge, {"sft": str(sft.path)}), config.engine,
-                                        config.resources, name="distill_scores"), read=pairs)
+        pairs = run.stage(ROUND, distill_pairs(config, engines, base=base, seed_prompts=seed_prompts,
+                                               m=build.distill_pairs), after=[sft])
+        scores = run.stage(ROUND, Score(Panel.compare(config.judge, {"sft": str(sft.path)}), engines, keep=False,
+                                        rows=pairs.manifest.rows, name="distill_scores"), read=pairs)
+        engines.before_training()
         trained.append(run.stage(ROUND, distill(config, "judge_distill", judge=str(sft.path), scores=scores,
                                                 target=build.distill_target), after=[scores]))
     members = {"base": judge_start, "sft": str(sft.path),
                **({"distilled": str(trained[-1].path)} if len(trained) > 1 else {})}
     held = [r for r in table if r["split"] == "heldout"]
-    evaluated = run.stage(ROUND, HeldoutAccuracy(config.judge, members, held, config.engine, config.resources),
+    evaluated = run.stage(ROUND, HeldoutAccuracy(config.judge, members, held, engines),
                           after=trained)
     return BuiltJudge(str(trained[-1].path), trained[-1].manifest.stage, evaluated.manifest.stats["table"])
 
@@ -90,14 +94,14 @@ def distill(config: AlmaConfig, name: str, *, judge: str, scores: StageResult, t
                           target=target)
 
 
-def distill_pairs(config: AlmaConfig, *, base: str, seed_prompts: list[str], m: int,
+def distill_pairs(config: AlmaConfig, engines: Engines, *, base: str, seed_prompts: list[str], m: int,
                   name: str = "distill_pairs") -> Sample:
     """``m`` synthetic pairs for self-distillation: seed prompts (cycled) answered by the base model."""
     chosen = [seed_prompts[i % len(seed_prompts)] for i in range(m)]
     gen = config.generation
     sampling = gen.sampling(Checkpoint(name="base", model=base))  # the section's settings
-    return Sample(name, [Share("base", base, 1, sampling)], config.engine, config.resources,
-                  seed_salt=f"{config.seed}:judge:distill", completion_template=gen.completion_template,
+    return Sample(name, [Share("base", base, 1, sampling)], engines, seed_salt=f"{config.seed}:judge:distill",
+                  completion_template=gen.completion_template,
                   too_long=gen.too_long,
                   prompts=[{"round": ROUND, "prompt_id": prompt_id(p) + f"-{i}", "prompt": p}
                            for i, p in enumerate(chosen)])

@@ -26,15 +26,20 @@ def mix_line(config: AlmaConfig, r: int) -> str:
 
 def plan(config: AlmaConfig) -> Plan:
     res, eng = config.resources, config.engine
-    judge_pools = [engine_pool("scores", f"serve-judge:{m.name}", res.judge_engines, engine=eng, resources=res)
-                   for m in config.judge.members]
+    n = res.engines_per_checkpoint
+    models = [c.model for c in config.generation.checkpoints]
+    build = config.judge.build
     pools: list[Pool] = []
     steps = []
-    if (build := config.judge.build) is not None:
+    # One pool of sampling engines per model, kept up for every stage that samples it.
+    base_uses = ["distill_pairs"] if build is not None and build.distill_pairs else []
+    base_uses += ["synthesis"] + (["responses of every round"] if config.base_model in models else [])
+    if build is not None:
         pools.append(train_pool("judge_sft", "judge-train-worker", res))
         built = ["annotations", "judge_sft"]
         if build.distill_pairs:
-            pools += [engine_pool("distill_pairs", "base", 1, engine=eng, resources=res),
+            pools += [engine_pool("distill_pairs", f"sampler:{config.base_model}", n, engine=eng, resources=res,
+                                  lifetime=", ".join(base_uses) if len(base_uses) > 1 else ""),
                       engine_pool("distill_scores", "serve-judge:sft", res.judge_engines, engine=eng, resources=res),
                       train_pool("judge_distill", "judge-train-worker", res)]
             built += ["distill_pairs", "distill_scores", "judge_distill"]
@@ -42,15 +47,21 @@ def plan(config: AlmaConfig) -> Plan:
         pools += [engine_pool("judge_eval", f"serve-judge:{name}", res.judge_engines, engine=eng, resources=res)
                   for name in evaluated]
         steps.append(("round 0", "judge build: " + " -> ".join([*built, "judge_eval"])))
-    pools += [engine_pool("synthesis", "base", res.engines_per_checkpoint, engine=eng, resources=res),
-              engine_pool("embeddings", "base-embedder", res.engines_per_checkpoint, engine=eng, resources=res,
-                          gpus=1.0)]
+    if base_uses[0] == "synthesis":
+        pools.append(engine_pool("synthesis", f"sampler:{config.base_model}", n, engine=eng, resources=res,
+                                 lifetime=", ".join(base_uses) if len(base_uses) > 1 else ""))
+    pools.append(engine_pool("embeddings", "base-embedder", n, engine=eng, resources=res, gpus=1.0))
     steps.append(("round 0", "prompt pool: synthesis -> pool -> embeddings -> clusters"))
-    pools += [engine_pool("responses", f"checkpoint:{c.name}", res.engines_per_checkpoint, engine=eng, resources=res)
-              for c in config.generation.checkpoints]
-    pools += judge_pools
+    for model in dict.fromkeys(m for m in models if m != config.base_model and m != LATEST):
+        when = "rounds 2-" if model.startswith(ROUND_ONE) else "every round"
+        pools.append(engine_pool("responses", f"sampler:{model}", n, engine=eng, resources=res,
+                                 lifetime=f"responses of {when}" + (str(config.rounds) if when == "rounds 2-"
+                                                                    else "")))
+    pools += [engine_pool("scores", f"serve-judge:{m.name}", res.judge_engines, engine=eng, resources=res,
+                          lifetime="scores of every round") for m in config.judge.members]
     pools.append(train_pool("sft", "sft-worker", res))
-    pools.append(engine_pool("probe", "sft-checkpoint", 1, engine=eng, resources=res))
+    pools.append(engine_pool("probe", "sampler:latest", 1, engine=eng, resources=res,
+                             lifetime="probe, then the next round's responses" if LATEST in models else ""))
     probe = " -> probe" if config.synthesis.heldout else ""
     for r in range(1, min(config.rounds, 3) + 1):
         seeds = f" (x{config.train.round_one_seeds} seeds)" if r == 1 and config.train.round_one_seeds > 1 else ""

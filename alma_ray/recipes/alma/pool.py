@@ -11,6 +11,7 @@ Stages, each committed to the run directory and skipped when a rerun finds it do
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from alma_ray.config import AlmaConfig
@@ -20,6 +21,7 @@ from alma_ray.stages.cluster import Cluster
 from alma_ray.stages.dedup import Dedup
 from alma_ray.stages.draw import DrawPrompts, ledger
 from alma_ray.stages.embed import Embed
+from alma_ray.stages.engines import Engines
 from alma_ray.stages.synthesize import Synthesize
 from alma_ray.store import StageResult
 
@@ -30,14 +32,16 @@ class PromptPool:
     embeddings: StageResult
 
 
-def build_pool(config: AlmaConfig, run: Run, *, base: str, seeds: list[str], heldout: list[str],
-               seed_bad_lines: int = 0) -> PromptPool:
+def build_pool(config: AlmaConfig, run: Run, engines: Engines, *, base: str, seeds: list[str],
+               heldout: list[str], sampled_later: Collection[str], seed_bad_lines: int = 0) -> PromptPool:
     """Run (or resume) the round-0 pool stages from the few-shot ``seeds`` (``heldout`` prompts are never shown
-    and never kept)."""
+    and never kept). The base model's sampling engines are given back after synthesis unless it is among the
+    models ``sampled_later``."""
     syn, engine, res = config.synthesis, config.engine, config.resources
     synthesis = run.stage(0, Synthesize(syn, model=base, source=config.base_model, seeds=seeds, known=heldout,
-                                        seed=config.seed, engine=engine, resources=res,
-                                        seed_bad_lines=seed_bad_lines))
+                                        seed=config.seed, engines=engines, seed_bad_lines=seed_bad_lines))
+    if base not in sampled_later:
+        engines.release(base)
     pool = run.stage(0, Dedup(syn.dedup, reference=[*seeds, *heldout], partitions=shuffle_partitions(
         syn.num_requests), filters=synthesis.manifest.stats["filters"]), read=synthesis)
     embeddings = run.stage(0, Embed(base, label=config.base_model, cfg=syn.embedding, engine=engine, resources=res),
@@ -51,6 +55,7 @@ def draw(config: AlmaConfig, run: Run, round_index: int, pool: PromptPool) -> St
     """Run (or resume) round ``round_index``'s draw: K unused prompts from K distinct clusters."""
     return run.stage(round_index, DrawPrompts(
         k=config.prompts_per_round, seed=config.seed, round_index=round_index,
-        used=ledger(run.store, round_index), embeddings=pool.embeddings.data, pool_rows=pool.clusters.manifest.rows,
+        used=ledger(run.store, round_index), pool=pool.clusters.data, embeddings=pool.embeddings.data,
+        pool_rows=pool.clusters.manifest.rows,
         metric_sample=config.synthesis.clustering.metric_sample,
         partitions=shuffle_partitions(config.synthesis.num_requests)), read=pool.clusters)

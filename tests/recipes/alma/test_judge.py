@@ -14,6 +14,7 @@ from alma_ray.config import AlmaConfig
 from alma_ray.judge.annotations import accuracy_table
 from alma_ray.recipes.alma.judge import build_judge
 from alma_ray.recipes.base import Run, open_store
+from alma_ray.stages.engines import Engines
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -31,8 +32,9 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
                                               "lr": 3e-3, "distill_pairs": 8}},
         train={"micro_batch": 2}, engine={"max_model_len": 1024, "dtype": "float32"}))
     run = Run(open_store(config))
-    built = build_judge(config, run, base=tiny_model, judge_start=tiny_model,
-                        seed_prompts=["say rain", "say snow", "name a bird"])
+    with Engines(config.engine, config.resources) as engines:
+        built = build_judge(config, run, engines, base=tiny_model, judge_start=tiny_model,
+                            seed_prompts=["say rain", "say snow", "name a bird"])
     judge, table, results = built.model, built.table, run.summary.results
     assert [r.manifest.stage for r in results] == ["annotations", "judge_sft", "distill_pairs", "distill_scores",
                                                    "judge_distill", "judge_eval"]
@@ -53,5 +55,6 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
     assert built.stage == "judge_distill"
 
     rerun = Run(open_store(config))
-    build_judge(config, rerun, base=tiny_model, judge_start=tiny_model, seed_prompts=["say rain"])
+    with Engines(config.engine, config.resources) as engines:
+        build_judge(config, rerun, engines, base=tiny_model, judge_start=tiny_model, seed_prompts=["say rain"])
     assert all(r.skipped for r in rerun.summary.results) and len(rerun.summary.results) == 6

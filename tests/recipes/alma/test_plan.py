@@ -9,24 +9,28 @@ from alma_ray.recipes.alma.plan import mix_line, plan
 TINY = Path(__file__).parents[3] / "jobs" / "configs" / "tiny.yaml"
 
 
-def test_cpu_plan_fits_the_largest_stage() -> None:
+def test_cpu_plan_fits_the_largest_stage_beside_the_engines_kept_up() -> None:
     p = plan(load_config(TINY))
-    # two checkpoints -> two 1-CPU engine pools at once, plus a CPU for Ray Data tasks
-    assert p.stage_needs("responses") == (3.0, 0.0)
-    assert p.stage_needs("sft") == (3.0, 0.0)
-    assert p.cpus_needed == 3.0 and p.gpus_needed == 0.0
+    # the base model is also both checkpoints' model: one sampling engine, kept from synthesis through every
+    # round's responses, and the judge app kept for every round's scores
+    kept = [(pool.stage, pool.name) for pool in p.pools if pool.lifetime]
+    assert kept == [("synthesis", "sampler:embedded:tiny-llama"), ("scores", "serve-judge:main")]
+    assert p.kept_cpus == 2.0 and p.stage_needs("sft") == (3.0, 0.0)
+    assert p.cpus_needed == 3.0 + 2.0 and p.gpus_needed == 0.0  # training beside the two kept engines
     text = p.describe()
-    assert "checkpoint:tiny-a" in text and "prompts -> responses [tiny-a x2, tiny-b x1]" in text
+    assert "prompts -> responses [tiny-a x2, tiny-b x1]" in text
+    assert "kept up: synthesis, responses of every round" in text
 
 
 def test_gpu_plan_gives_each_engine_its_gpus() -> None:
     config = load_config(TINY, ["resources.use_gpu=true", "engine.tensor_parallel_size=2",
-                                "resources.engines_per_checkpoint=3", "resources.train_workers=8"])
+                                "resources.engines_per_checkpoint=3", "resources.train_workers=8",
+                                "generation.checkpoints=[{name: a, model: m1}, {name: b, model: m2}]"])
     p = plan(config)
-    assert p.stage_needs("responses") == (1.0 + 6, 12.0)  # 2 checkpoints x 3 engines x TP 2
+    assert p.stage_needs("responses") == (1.0 + 6, 12.0)  # 2 checkpoint models x 3 engines x TP 2
     assert p.stage_needs("sft")[1] == 8.0
     assert p.stage_needs("embeddings") == (1.0 + 3, 3.0)  # one GPU per embedder actor, no tensor parallel
-    assert p.gpus_needed == 12.0
+    assert p.gpus_needed == 12.0  # kept engines give their GPUs back before training
 
 
 def test_the_judge_build_and_its_evaluation_app_are_planned() -> None:

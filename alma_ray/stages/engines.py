@@ -1,0 +1,190 @@
+"""The run's long-lived engines, shared by its stages through handles (ray-project/ray #52277 asks the same of
+ray.data.llm): a pool of ``SamplingEngine`` actors per model folder, and the judge application on Ray Serve per
+panel. A stage asks for the engines it needs (``samplers``, ``judge_app``); the first ask builds them, later asks
+reuse them. Stages still stream their batches through Ray Data: light tasks hand each batch to an engine.
+
+What stays up is the recipe's call, from its plan: ``keep_only`` gives back the engines no later stage needs
+(ALMA: the base model's after round 0, an earlier round's checkpoint once no mix names it), and
+``before_training`` gives back every engine on a GPU cluster, where the devices are needed for training; on CPU
+the engines stay (the local Ray instance reserves logical CPUs for them: they take turns on the same cores, and
+an idle engine costs memory, not CPU). ``close`` ends them all. A dead engine is restarted by Ray and the batch
+it held retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from alma_ray.config import EngineConfig, ResourcesConfig
+from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
+from alma_ray.ids import stable_seed
+from alma_ray.judge.serve import APP, ROUTE, Panel, build_app
+
+TOO_LONG = "prompt_too_long"
+"""The finish reason of a prompt that left no room for ``max_tokens`` (``generation.too_long: skip``)."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What one stage asks of a sampling engine for each of its batches."""
+
+    checkpoint: str
+    n: int
+    sampling: dict[str, Any]
+    chat: bool | None
+    completion_template: str
+    seed_salt: str
+    too_long: str = "skip"
+
+
+class SamplingEngine:
+    """One vLLM engine for one model, long-lived in its own Ray actor (``alma_ray.stages.engines``): every stage
+    that samples this model sends it batches; each input row yields ``n`` output rows.
+
+    Input columns: ``prompt``, ``prompt_id`` and any lineage columns (passed through). Output adds
+    ``checkpoint``, ``sample_index``, ``seed``, ``response``, token counts, ``finish_reason``,
+    ``cumulative_logprob`` and ``prompt_truncated``. A prompt that leaves no room for ``max_tokens`` is either cut
+    to fit (``too_long="truncate"``) or yields ``n`` rows with an empty response and ``finish_reason =
+    "prompt_too_long"`` (``"skip"``), so every (prompt, checkpoint, sample index) is accounted for.
+    """
+
+    def __init__(self, model: str, *, engine: EngineConfig, use_gpu: bool) -> None:
+        started = time.time()
+        self.llm = build_llm(model, engine, use_gpu=use_gpu)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = engine.max_model_len
+        self.ready_at, self.build_s = time.time(), time.time() - started
+        self.reported: set[str] = set()
+
+    def _encode(self, prompt: str, request: SampleRequest, chat: bool, limit: int) -> tuple[list[int], bool]:
+        """Token ids the engine sees, and whether the prompt was cut to fit the context."""
+        def encode(text: str) -> list[int]:
+            return prompt_ids(self.tokenizer, text, chat=chat, completion_template=request.completion_template)
+
+        ids = encode(prompt)
+        if len(ids) <= limit or request.too_long == "skip":
+            return ids, False
+        body = self.tokenizer.encode(prompt, add_special_tokens=False)
+        keep = len(body) - (len(ids) - limit)
+        while keep > 0:  # re-tokenizing the cut text can shift a token or two: shrink until it fits
+            ids = encode(self.tokenizer.decode(body[:keep]))
+            if len(ids) <= limit:
+                return ids, True
+            keep -= len(ids) - limit
+        return ids, False  # the template alone is too long: counted as skipped
+
+    def sample(self, batch: dict[str, np.ndarray], request: SampleRequest, progress: Any = None
+               ) -> dict[str, list[Any]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        started = time.time()
+        if progress is not None and (key := progress._actor_id.hex()) not in self.reported:
+            self.reported.add(key)  # each stage's progress bar counts this engine once
+            progress.ready.remote(self.ready_at, self.build_s)
+        limit = self.max_model_len - request.sampling["max_tokens"]
+        if limit < 1:
+            raise ValueError(f"max_tokens={request.sampling['max_tokens']} leaves no room for a prompt in "
+                             f"engine.max_model_len={self.max_model_len}: raise the one or lower the other")
+        chat = uses_chat_template(self.tokenizer, request.chat)
+        encoded = [self._encode(p, request, chat, limit) for p in batch["prompt"]]
+        seeds = [stable_seed(request.seed_salt, request.checkpoint, pid) for pid in batch["prompt_id"]]
+        fits = [i for i, (ids, _) in enumerate(encoded) if len(ids) <= limit]
+        outputs = dict(zip(fits, self.llm.generate(
+            [TokensPrompt(prompt_token_ids=encoded[i][0]) for i in fits],
+            [SamplingParams(n=request.n, seed=seeds[i], logprobs=0, **request.sampling) for i in fits],
+            use_tqdm=False,
+        )))
+        rows: dict[str, list[Any]] = {k: [] for k in [*batch, "checkpoint", "sample_index", "seed", "response",
+                                                      "prompt_tokens", "output_tokens", "finish_reason",
+                                                      "cumulative_logprob", "prompt_truncated"]}
+        for i, (ids, truncated) in enumerate(encoded):
+            completions = outputs[i].outputs if i in outputs else [None] * request.n
+            for j, c in enumerate(completions):
+                for key, column in batch.items():
+                    rows[key].append(column[i].item() if hasattr(column[i], "item") else column[i])
+                rows["checkpoint"].append(request.checkpoint)
+                rows["sample_index"].append(j)
+                rows["seed"].append(seeds[i])
+                rows["prompt_tokens"].append(len(ids))
+                rows["response"].append(c.text.strip() if c else "")
+                rows["output_tokens"].append(len(c.token_ids) if c else 0)
+                rows["finish_reason"].append(str(c.finish_reason) if c else TOO_LONG)
+                rows["cumulative_logprob"].append(float(c.cumulative_logprob or 0.0) if c else 0.0)
+                rows["prompt_truncated"].append(truncated)
+        if progress is not None:
+            progress.add.remote(len(rows["response"]), sum(rows["output_tokens"]), started, time.time())
+        return rows
+
+
+class Engines:
+    """The engines one run keeps; ``with Engines(...) as engines:`` ends them when the run ends."""
+
+    def __init__(self, engine: EngineConfig, resources: ResourcesConfig, *, log: Any = None) -> None:
+        self.engine, self.resources = engine, resources
+        self.log = log or (lambda line: None)
+        self.pools: dict[str, list[Any]] = {}
+        self.apps: dict[Panel, str] = {}
+
+    def __enter__(self) -> Engines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def samplers(self, model: str, size: int) -> list[Any]:
+        """``size`` sampling engines of ``model`` (an HF folder), built on the first ask."""
+        pool = self.pools.setdefault(model, [])
+        if len(pool) < size:
+            actor = ray.remote(SamplingEngine).options(  # type: ignore[attr-defined]
+                max_restarts=-1, max_task_retries=-1, max_concurrency=1,
+                **actor_remote_args(self.engine, use_gpu=self.resources.use_gpu,
+                                    cpus=self.resources.cpus_per_engine))
+            pool += [actor.remote(model, engine=self.engine, use_gpu=self.resources.use_gpu)
+                     for _ in range(size - len(pool))]
+            self.log(f"engines: {size} sampling engine(s) of {model} up")
+        return pool[:size]
+
+    def judge_app(self, panel: Panel) -> str:
+        """The name of the Serve application that scores with ``panel``, started on the first ask. The first
+        panel of the run is the main judge (HTTP on its host and port); others get their own app, handle only."""
+        if panel not in self.apps:
+            main = not self.apps
+            name = APP if main else f"{APP}-{len(self.apps)}"
+            serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
+            serve.run(build_app(panel, self.engine, self.resources), name=name,
+                      route_prefix=ROUTE if main else None)
+            self.apps[panel] = name
+            self.log(f"engines: judge app {name} up ({len(panel.judges)} judge(s))")
+        return self.apps[panel]
+
+    def stop_judge(self, panel: Panel) -> None:
+        if (name := self.apps.pop(panel, None)) is not None:
+            serve.delete(name)
+
+    def release(self, model: str) -> None:
+        """Give back the sampling engines of ``model``."""
+        for actor in self.pools.pop(model, []):
+            ray.kill(actor)
+
+    def keep_only(self, models: Collection[str], panels: Collection[Panel] = ()) -> None:
+        """Give back every sampling engine whose model is not in ``models`` and every judge app not in
+        ``panels``."""
+        for model in [m for m in self.pools if m not in models]:
+            self.release(model)
+        for panel in [p for p in self.apps if p not in panels]:
+            self.stop_judge(panel)
+
+    def before_training(self) -> None:
+        """On GPU, give back every engine (training needs the devices); on CPU keep them for later stages."""
+        if self.resources.use_gpu:
+            self.keep_only(())
+
+    def close(self) -> None:
+        self.keep_only(())

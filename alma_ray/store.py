@@ -73,13 +73,6 @@ class StageResult:
         return self.path / DATA if (self.path / DATA).is_dir() else self.path
 
 
-def parquet_rows(directory: Path) -> int:
-    """Rows in a directory of parquet files, read from the file footers only."""
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(directory.rglob("*.parquet")))
-
-
 def _content_hash(manifest: Manifest) -> str:
     import hashlib
 

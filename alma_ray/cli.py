@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "resumes. The plan is printed first; the last line printed is a JSON summary.")
     run.add_argument("--config", required=True, help="YAML preset, e.g. jobs/configs/laptop.yaml")
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    run.add_argument("--repair", action="store_true",
+                     help="recompute a committed stage whose files were damaged (missing, truncated, edited) and "
+                          "what was built from it, instead of stopping with the file named")
     run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     report = sub.add_parser("report", help="rebuild the per-round reports (report.md + plots) of a run directory",
@@ -69,8 +72,10 @@ def _run(args: argparse.Namespace) -> int:
     recipe = recipe_for(config)
     plan = recipe.plan(config)
     print(plan.describe())
-    init_ray(plan, args.address)
-    summary = recipe.run(config, open_store(config), print)
+    recipe.check(config)  # bad seed or annotation files stop here, before Ray starts
+    with open_store(config, repair=args.repair) as store:  # the run directory's lock, held until the run ends
+        init_ray(plan, args.address)
+        summary = recipe.run(config, store, print)
     result = summary.json()
     print(f"\nrun finished in {summary.wall_s:.1f} s; outputs in {summary.run_dir}")
     print(json.dumps(result))

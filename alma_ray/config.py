@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -194,6 +194,8 @@ class JudgeConfig(_Section):
     """Bump when the judge's weights or prompt change meaningfully; recorded on every scored row."""
     chat_template: bool | None = None
     max_response_chars: int = Field(default=4000, gt=0)
+    max_prompt_chars: int = Field(default=4000, gt=0)
+    """Prompts are cut to this many characters before the judge tokenizes them (as responses are)."""
     name: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
     """The name of ``model`` in the ensemble (``member_scores``)."""
     weight: float = Field(default=1.0, gt=0)
@@ -204,6 +206,13 @@ class JudgeConfig(_Section):
     """Pairs a Serve replica scores in one vLLM call (requests are batched together up to this)."""
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """The HTTP endpoint refuses larger bodies (413)."""
+    http_max_pairs: int = Field(default=256, ge=1)
+    """... and more (prompt, response) pairs per request (413)."""
+    http_token_env: str | None = "ALMA_JUDGE_TOKEN"
+    """When this environment variable is set on the driver, the endpoint requires ``Authorization: Bearer
+    <its value>`` (401 otherwise); only the token's SHA-256 reaches the app."""
     build: JudgeBuildConfig | None = None
     """Set to fine-tune the judge from ``model`` before round 1 (stages in round_000); unset: use ``model`` as is."""
 
@@ -293,6 +302,9 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     engine: EngineConfig = EngineConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    part_rows: int = Field(default=100_000, ge=1)
+    """Rows per part of the long stages (generation, scoring, synthesis): each part is committed as it finishes,
+    so a killed stage keeps its finished parts and the rerun does only the rest. It does not change the data."""
 
     @model_validator(mode="after")
     def _one_segment(self) -> RunConfig:
@@ -304,13 +316,26 @@ class RunConfig(_Section):
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    DIGEST_EXCLUDE: ClassVar[dict[str, Any]] = {"output_dir": True, "resources": True, "part_rows": True}
+    """What does not shape the data: where it is written, on what resources, in what parts (the effective
+    training batch, which the resources do shape, is added back by ``digest``)."""
+
     def digest(self) -> str:
-        """A stable hash of everything that shapes the data (where it is written and on what resources excluded).
+        """A stable hash of everything that shapes the data (``DIGEST_EXCLUDE`` left out; the global training
+        batch, micro_batch x grad_accum x train_workers, put in).
 
         Only values that differ from the defaults count, so a new release that adds a setting (with a default)
         does not orphan existing run directories."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "resources"}, exclude_defaults=True)
+        payload = self.model_dump(mode="json", exclude=self.DIGEST_EXCLUDE, exclude_defaults=True)
+        payload["global_batch"] = self.train.micro_batch * self.train.grad_accum * self.resources.train_workers
+        payload["use_gpu"] = self.resources.use_gpu  # precision and engine dtype follow it
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def digests(self) -> tuple[str, ...]:
+        """The digest, then the formula of earlier releases (output_dir and resources left out, all else in),
+        under which run directories they wrote are still recognised."""
+        legacy = self.model_dump(mode="json", exclude={"output_dir", "resources", "part_rows"}, exclude_defaults=True)
+        return self.digest(), hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         tree = self.model_dump(mode="json")
@@ -319,6 +344,13 @@ class RunConfig(_Section):
 
 class AlmaConfig(RunConfig):
     """ALMA: round 0 builds the prompt pool (and the judge), then ``rounds`` rounds of best-of-N and SFT."""
+
+    DIGEST_EXCLUDE: ClassVar[dict[str, Any]] = {
+        **RunConfig.DIGEST_EXCLUDE, "rounds": True,
+        "judge": {"http_host": True, "http_port": True, "http_max_body_bytes": True, "http_max_pairs": True,
+                  "http_token_env": True}}
+    """Also out of the digest: ``rounds`` (a run extends: rounds=5 on a 3-round run runs rounds 4 and 5) and
+    where the judge listens."""
 
     recipe: Literal["alma"] = "alma"
     rounds: int = Field(default=1, ge=0)

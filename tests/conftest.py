@@ -1,9 +1,15 @@
-"""Shared fixtures: an isolated model cache, the tiny random Llama (built in seconds), and one local Ray instance
-for the whole session (every test that needs Ray, and the CLI runs of the e2e tests, share it)."""
+"""Shared fixtures: an isolated model cache, the tiny random Llama (built in seconds), and one Ray cluster for the
+whole session, started with ``ray start --head`` and token authentication as the README says (every test that
+needs Ray, the CLI runs of the e2e tests and their ``ray job submit`` share it)."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,14 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Token authentication for the session's cluster (``ray_head``): Ray reads these when it is first imported, so they
+# are set here, before any test module imports it. The token is the session's own (never ~/.ray/auth_token).
+_AUTH = Path(tempfile.mkdtemp(prefix="alma-ray-auth-")) / "auth_token"
+_AUTH.write_text(secrets.token_hex(32))
+_AUTH.chmod(0o600)
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_AUTH),
+                  PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,23 +48,57 @@ def tiny_model(model_cache: Path) -> str:
     return resolve_model("embedded:tiny-llama")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalHead:
+    """The session's Ray cluster: a ``ray start --head`` on loopback with token authentication, as the README
+    tells users to start one (Ray 2.60)."""
+
+    gcs: str
+    dashboard: str
+    env: dict[str, str]
+    """What a client needs: RAY_AUTH_MODE=token, the token's file, the venv first on PATH."""
+
+
 @pytest.fixture(scope="session")
-def ray_local() -> Any:
-    """One local Ray instance for the session, on loopback (with the dashboard: Ray Train and the state API need
-    it). Started once: a Ray start costs 10-20 s on 2 cores, and two instances at once get workers OOM-killed."""
+def ray_head(model_cache: Path) -> Any:
+    """Start the head (the driver of every test joins it; `ray job submit` submits to it), stop it at the end.
+    A Ray start costs 10-20 s on 2 cores, and two instances at once get workers OOM-killed: one per session.
+    Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.stages.engines), and the tiny
+    preset's plan needs 5; engines and workers take turns on the 2 cores."""
+    port, dashboard_port = _free_port(), _free_port()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=6",
+                    "--include-dashboard=true", "--disable-usage-stats"],
+                   check=True, capture_output=True, text=True, timeout=300)
+    head = LocalHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}",
+                     {k: os.environ[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "PATH")})
+    yield head
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_head: LocalHead) -> Any:
+    """This test process joined to the session's cluster as a driver."""
     import ray
 
     from alma_ray.runtime import configure_data
 
     configure_data()
-    # Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.stages.engines), and the
-    # tiny preset's plan needs 5; engines and workers take turns on the 2 cores.
-    ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address=ray_head.gcs, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
 
 
 @pytest.fixture(scope="session")
-def ray_address(ray_local: Any) -> str:
+def ray_address(ray_local: Any, ray_head: LocalHead) -> str:
     """The session's Ray address, for a CLI run to join (``--address``) instead of starting a second instance."""
-    return str(ray_local.get_runtime_context().gcs_address)
+    return ray_head.gcs

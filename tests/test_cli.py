@@ -43,3 +43,45 @@ def test_config_show_prints_the_config_and_the_plan(capsys: pytest.CaptureFixtur
     assert main(["config", "show", "--config", str(TINY)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("recipe: alma\n") and "alma plan:" in out and "prompts -> responses" in out
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    """(overrides, what the message must say) for each kind of bad input file."""
+    seeds = tmp / "seeds.jsonl"
+    seeds.write_text('{"prompt": "a fine seed"}\n{"prompt": \n')
+    latin = tmp / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    empty = tmp / "empty.jsonl"
+    empty.write_text("")
+    broken = tmp / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    nan = tmp / "nan.jsonl"
+    nan.write_text('{"prompt": "p", "response": "r", "score": 3}\n{"prompt": "p", "response": "s", "score": NaN}\n')
+    empty_notes = tmp / "notes.jsonl"
+    empty_notes.write_text("\n")
+    build = "judge.build.annotations="
+    return [
+        ([f"synthesis.seeds=[{seeds}]"], f"{seeds}:2: not valid JSON"),
+        ([f"synthesis.seeds=[{latin}]"], f"{latin}:1: not valid UTF-8"),
+        ([f"synthesis.seeds=[{empty}]"], "no usable seed prompts"),
+        ([f"synthesis.seeds=[{broken}]"], f"{broken}: not a readable parquet file"),
+        ([f"{build}{nan}"], f"{nan}:2: 'score' must be an integer 0..10, got nan"),
+        ([f"{build}{empty_notes}"], f"{empty_notes}: no annotation rows"),
+        ([f"{build}{tmp / 'missing.jsonl'}"], "annotation file not found"),
+        (["name=.."], "is not a run directory under output_dir"),
+    ]
+
+
+def test_bad_input_files_stop_the_run_before_ray_starts_and_claim_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for overrides, message in _bad_inputs(tmp_path):
+        out = tmp_path / "runs"
+        code = main(["run", "--config", str(TINY), f"output_dir={out}", *overrides])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (overrides, err)
+        assert not list(out.glob("*/config.hash")), overrides  # the corrected rerun is not "a different config"
+    # a run may extend, never shrink
+    (out / "tiny" / "round_002" / "prompts").mkdir(parents=True)
+    (out / "tiny" / "round_002" / "prompts" / "_MANIFEST.json").write_text("{}")
+    assert main(["run", "--config", str(TINY), f"output_dir={out}", "rounds=1"]) == 2
+    assert "already holds 2 rounds and rounds=1" in capsys.readouterr().err

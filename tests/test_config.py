@@ -47,11 +47,17 @@ def test_override_needs_equals() -> None:
         parse_override("generation.n")
 
 
-def test_digest_ignores_where_and_how_much() -> None:
+def test_digest_holds_exactly_what_shapes_the_data() -> None:
     a = load_config(PRESETS[0])
-    b = load_config(PRESETS[0], ["output_dir=/elsewhere", "resources.train_workers=4"])
+    w = a.resources.train_workers
+    b = load_config(PRESETS[0], ["output_dir=/elsewhere", "rounds=7", "judge.http_port=9123", "part_rows=5",
+                                 "resources.engines_per_checkpoint=3", "resources.judge_engines=2",
+                                 "resources.cpus_per_engine=2", "judge.http_max_pairs=8"])
+    assert a.digest() == b.digest()
+    # train_workers counts through the global batch (micro_batch x grad_accum x train_workers) it makes
+    assert load_config(PRESETS[0], [f"resources.train_workers={2 * w}"]).digest() != a.digest()
     c = load_config(PRESETS[0], ["generation.n=9"])
-    assert a.digest() == b.digest() != c.digest()
+    assert a.digest() != c.digest()
     # Spelling out a default is the same run; so is a config written before a setting existed.
     assert load_config(PRESETS[0], ["train.checkpoint_every=0", "generation.too_long=skip"]).digest() == a.digest()
 

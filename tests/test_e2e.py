@@ -1,14 +1,21 @@
-"""The tiny preset end to end through the CLI, as a user runs it: real Ray Data, vLLM, judge, Ray Train +
-DeepSpeed; then a rerun that skips every stage."""
+"""The tiny preset end to end as a user runs it: submitted with `ray job submit` to the session's `ray start
+--head` (token authentication on, loopback), with real Ray Data, vLLM, judge, Ray Train + DeepSpeed; then a rerun
+through the CLI that skips every stage; then a run whose driver is SIGKILLed at several points, resumed by the same
+command, against the uninterrupted one; a second run of the same directory refused meanwhile."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,19 +23,30 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
+def _cli(tmp_path: Path, address: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "alma_ray.cli", "run", "--config", str(REPO / "jobs/configs/tiny.yaml"),
+            "--address", address, f"output_dir={tmp_path}", *overrides]
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"run_dir"')))
+
+
 def _run(tmp_path: Path, address: str, *overrides: str) -> tuple[dict, str]:
-    cmd = [sys.executable, "-m", "alma_ray.cli", "run", "--config", str(REPO / "jobs/configs/tiny.yaml"),
-           "--address", address, f"output_dir={tmp_path}", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=REPO)
+    proc = subprocess.run(_cli(tmp_path, address, *overrides), capture_output=True, text=True, timeout=1500, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout
+    return _summary(proc.stdout), proc.stdout
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_address: str) -> tuple[Path, dict]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_head: Any) -> tuple[Path, dict]:
+    """The README's cluster path, as written: `ray job submit` to a local head with token authentication."""
     out = tmp_path_factory.mktemp("runs")
-    summary, _ = _run(out, ray_address)
-    return out / "tiny", summary
+    proc = subprocess.run(["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", ".", "--",
+                           "python", "-m", "jobs.run", "--config", "jobs/configs/tiny.yaml", f"output_dir={out}"],
+                          capture_output=True, text=True, timeout=1500, cwd=REPO, env={**os.environ, **ray_head.env})
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out / "tiny", _summary(proc.stdout)
 
 
 def test_every_stage_writes_rows_with_lineage(tiny_run: tuple[Path, dict]) -> None:
@@ -142,3 +160,79 @@ def test_no_prompt_is_drawn_twice_across_rounds_even_across_a_crash(
     everything = ids[1] + ids[2] + ids[3]
     assert len(everything) == len(set(everything)) == 24, ids
     assert round3.manifest.stats["ledger_before"] == 16
+    store.close()
+
+
+def _rows(stage_dir: Path) -> pd.DataFrame:
+    df = pq.read_table(stage_dir).to_pandas()
+    keys = [c for c in ("round", "prompt_id", "request_index", "checkpoint", "sample_index") if c in df.columns]
+    return pd.DataFrame(df.sort_values(keys).reset_index(drop=True))
+
+
+def _kill_when(cmd: list[str], ready: Any, timeout: float = 900) -> None:
+    """Start the run; SIGKILL its driver as soon as ``ready()`` (a path test) holds."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before the point to kill it at"
+            assert time.time() < deadline, "the run never reached the point to kill it at"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_driver_killed_mid_stage_resumes_to_the_uninterrupted_run(
+        tiny_run: tuple[Path, dict], ray_address: str, tmp_path: Path) -> None:
+    """SIGKILL the driver mid-synthesis, mid-generation and mid-training (the preset commits parts of 6 rows); the
+    same command each time. The run ends equal to the uninterrupted one, row for row."""
+    ref_dir, ref = tiny_run
+    cmd = _cli(tmp_path, ray_address)
+    run_dir, r0, r1 = tmp_path / "tiny", tmp_path / "tiny" / "round_000", tmp_path / "tiny" / "round_001"
+    _kill_when(cmd, lambda: (r0 / ".synthesis.partial" / "_PART-00001.json").exists())
+    _kill_when(cmd, lambda: (r1 / ".responses.partial" / "_PART-00000.json").exists())
+    assert (r0 / "synthesis" / "_MANIFEST.json").exists() and not (r1 / "responses").exists()
+    kept = sorted(p.name for p in (r1 / ".responses.partial").glob("p00000-*.parquet"))
+    assert kept
+    log = tmp_path / "third.log"
+    with log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
+    try:  # while it runs: a second run of the same directory is refused, the first unharmed
+        while not list(r1.glob(".sft.tmp-*")):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and "is being run by another process" in second.stderr, second.stderr
+    finally:
+        proc.send_signal(signal.SIGKILL)  # ... then killed mid-training
+        proc.wait()
+    out = log.read_text()
+    assert "resuming" in out and "round_001/responses" in out  # the responses resumed from their first part
+    assert kept == sorted(p.name for p in (r1 / "responses").glob("p00000-*.parquet"))  # kept, not redone
+    summary, stdout = _run(tmp_path, ray_address)
+    assert "left up by an earlier driver of this run" in stdout  # the killed driver's judge app, cleaned up
+    assert summary["rows"] == ref["rows"]
+    assert "round_001/responses" in summary["skipped"] and "round_001/sft" not in summary["skipped"]
+    for stage in ["round_000/synthesis", "round_000/pool", "round_000/embeddings", "round_000/clusters/data",
+                  "round_001/prompts", "round_001/responses", "round_001/scores", "round_001/selected",
+                  "round_001/probe"]:
+        ours, theirs = _rows(run_dir / stage), _rows(ref_dir / stage)
+        assert list(ours.columns) == list(theirs.columns), stage
+        for column in ours.columns:
+            a, b = ours[column], theirs[column]
+            if column in ("score", "score_mass", "cumulative_logprob", "embedding", "score_dist", "member_scores"):
+                continue  # floats: checked below, up to the noise of another batch composition
+            assert a.tolist() == b.tolist(), (stage, column)
+    s_ours, s_ref = _rows(run_dir / "round_001/scores"), _rows(ref_dir / "round_001/scores")
+    np.testing.assert_allclose(s_ours.score.astype(float), s_ref.score.astype(float), atol=1e-4)
+    responses = _rows(run_dir / "round_001/responses")
+    assert not responses.duplicated(["prompt_id", "checkpoint", "sample_index"]).any()
+    losses = [json.loads((d / "round_001/sft/train_metrics.json").read_text())["losses"] for d in (run_dir, ref_dir)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    # the run extends: rounds=2 runs round 2 only, rounds 0-1 untouched, no prompt drawn twice
+    extended, _ = _run(tmp_path, ray_address, "rounds=2")
+    assert all(s.startswith(("round_000/", "round_001/")) for s in extended["skipped"])
+    assert len(extended["skipped"]) == 10 and (run_dir / "round_002" / "sft" / "_MANIFEST.json").exists()
+    drawn = [_rows(run_dir / f"round_00{r}/prompts").prompt_id for r in (1, 2)]
+    assert not set(drawn[0]) & set(drawn[1])

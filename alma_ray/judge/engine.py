@@ -22,12 +22,13 @@ class Judge:
     """
 
     def __init__(self, model: str, *, name: str, version: str, chat: bool | None, max_response_chars: int,
-                 engine: EngineConfig, use_gpu: bool) -> None:
+                 engine: EngineConfig, use_gpu: bool, max_prompt_chars: int = 4000) -> None:
         self.llm = build_llm(model, engine, use_gpu=use_gpu)
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = uses_chat_template(self.tokenizer, chat)
         self.tokens = ScoreTokens.from_tokenizer(self.tokenizer)
-        self.name, self.version, self.max_chars = name, version, max_response_chars
+        self.name, self.version, self.max_chars, self.max_prompt_chars = name, version, max_response_chars, \
+            max_prompt_chars
         self.max_prompt_tokens = engine.max_model_len - 2
 
     def prompt_ids(self, prompt: str, response: str) -> list[int]:
@@ -38,7 +39,7 @@ class Judge:
             return "not_text", []
         if not response.strip():
             return "empty_response", []
-        ids = self.prompt_ids(prompt, response[: self.max_chars])
+        ids = self.prompt_ids(prompt[: self.max_prompt_chars], response[: self.max_chars])
         return ("too_long", []) if len(ids) > self.max_prompt_tokens else ("", ids)
 
     def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, Any]:

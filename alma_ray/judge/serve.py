@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,11 +51,11 @@ class JudgeReplica:
     """One judge's vLLM engine behind Serve's batching."""
 
     def __init__(self, model: str, *, name: str, version: str, chat: bool | None, max_response_chars: int,
-                 engine: dict[str, Any], use_gpu: bool, max_batch_size: int) -> None:
+                 engine: dict[str, Any], use_gpu: bool, max_batch_size: int, max_prompt_chars: int = 4000) -> None:
         from alma_ray.judge.engine import Judge
 
         self.judge = Judge(model, name=name, version=version, chat=chat, max_response_chars=max_response_chars,
-                           engine=EngineConfig(**engine), use_gpu=use_gpu)
+                           max_prompt_chars=max_prompt_chars, engine=EngineConfig(**engine), use_gpu=use_gpu)
         self.score.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
 
     def _score(self, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,8 +80,9 @@ class JudgeEnsemble:
     """Ingress: splits work into chunks a replica batch can hold, asks every judge, aggregates by weight."""
 
     def __init__(self, judges: dict[str, DeploymentHandle], weights: dict[str, float], *, name: str, version: str,
-                 chunk: int) -> None:
+                 chunk: int, http: HttpLimits | None = None) -> None:
         self.judges, self.weights, self.name, self.version, self.chunk = judges, weights, name, version, chunk
+        self.http = http or HttpLimits()
 
     async def score(self, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         chunks = [pairs[i : i + self.chunk] for i in range(0, len(pairs), self.chunk)]
@@ -103,19 +108,40 @@ class JudgeEnsemble:
                 "judge_flag": ""}
 
     async def __call__(self, request: Any) -> Any:
+        """``POST`` a pair or a list of pairs; malformed, oversized or unauthorised requests get a 4xx that says
+        why (never a 500), before anything is tokenized."""
         from starlette.responses import JSONResponse
 
+        def refuse(status: int, why: str) -> Any:
+            return JSONResponse({"error": why}, status_code=status)
+
+        if self.http.token_sha256:
+            given = request.headers.get("authorization", "")
+            digest = hashlib.sha256(given.removeprefix("Bearer ").encode()).hexdigest()
+            if not given.startswith("Bearer ") or not hmac.compare_digest(digest, self.http.token_sha256):
+                return refuse(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        limit = self.http.max_body_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            return refuse(413, f"the body is over {limit} bytes (judge.http_max_body_bytes)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return refuse(413, f"the body is over {limit} bytes (judge.http_max_body_bytes)")
         try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "the body must be JSON: {\"prompt\": ..., \"response\": ...} or a list"},
-                                status_code=400)
-        single = isinstance(body, dict)
-        pairs = [body] if single else body
-        if not isinstance(pairs, list) or not all(isinstance(p, dict) and "prompt" in p and "response" in p
-                                                  for p in pairs):
-            return JSONResponse({"error": "each item needs 'prompt' and 'response'"}, status_code=400)
-        rows = _json_safe(await self.score(pairs))
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return refuse(400, "the body must be JSON: {\"prompt\": ..., \"response\": ...} or a list of them")
+        single = isinstance(parsed, dict)
+        pairs = [parsed] if single else parsed
+        if not isinstance(pairs, list) or not all(
+                isinstance(p, dict) and isinstance(p.get("prompt"), str) and isinstance(p.get("response"), str)
+                for p in pairs):
+            return refuse(400, "each item needs 'prompt' and 'response' strings")
+        if len(pairs) > self.http.max_pairs:
+            return refuse(413, f"{len(pairs)} pairs in one request; at most {self.http.max_pairs} "
+                               "(judge.http_max_pairs)")
+        rows = _json_safe(await self.score([{"prompt": p["prompt"], "response": p["response"]} for p in pairs]))
         return JSONResponse(rows[0] if single else rows)
 
 
@@ -128,6 +154,22 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What the HTTP endpoint accepts: body size, pairs per request, and (when set) the SHA-256 of the bearer
+    token it requires (the token itself never leaves the driver)."""
+
+    max_body_bytes: int = 1 << 20
+    max_pairs: int = 256
+    token_sha256: str = ""
+
+    @classmethod
+    def of(cls, judge: JudgeConfig) -> HttpLimits:
+        token = os.environ.get(judge.http_token_env, "") if judge.http_token_env else ""
+        return cls(judge.http_max_body_bytes, judge.http_max_pairs,
+                   hashlib.sha256(token.encode()).hexdigest() if token else "")
 
 
 @dataclass(frozen=True)
@@ -155,12 +197,15 @@ class Panel:
     max_batch_size: int
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    http: HttpLimits = HttpLimits()
+    max_prompt_chars: int = 4000
 
     @classmethod
     def of(cls, judge: JudgeConfig, judges: list[ServedJudge]) -> Panel:
         """A panel of ``judges`` with the judge section's prompt, batching and HTTP settings."""
         return cls(tuple(judges), version=judge.version, max_response_chars=judge.max_response_chars,
-                   max_batch_size=judge.max_batch_size, http_host=judge.http_host, http_port=judge.http_port)
+                   max_batch_size=judge.max_batch_size, http_host=judge.http_host, http_port=judge.http_port,
+                   http=HttpLimits.of(judge), max_prompt_chars=judge.max_prompt_chars)
 
     @classmethod
     def compare(cls, judge: JudgeConfig, models: Mapping[str, str]) -> Panel:
@@ -186,19 +231,21 @@ def build_app(panel: Panel, engine: EngineConfig, resources: ResourcesConfig) ->
             max_ongoing_requests=4 * max(1, panel.max_batch_size))
         judges[j.name] = replica.bind(j.model, name=j.name, version=panel.version, chat=j.chat,
                                       max_response_chars=panel.max_response_chars,
+                                      max_prompt_chars=panel.max_prompt_chars,
                                       engine=engine.model_dump(), use_gpu=resources.use_gpu,
                                       max_batch_size=panel.max_batch_size)
     return JudgeEnsemble.options(max_ongoing_requests=1024).bind(  # type: ignore[attr-defined]
         judges, {j.name: j.weight for j in panel.judges}, name=panel.name, version=panel.version,
-        chunk=panel.max_batch_size)
+        chunk=panel.max_batch_size, http=panel.http)
 
 
 @contextlib.contextmanager
-def judge_service(panel: Panel, engine: EngineConfig, resources: ResourcesConfig, *, app: str = APP
-                  ) -> Iterator[DeploymentHandle]:
-    """Start the judge application (HTTP on the panel's host and port), yield its handle, then delete it."""
+def judge_service(panel: Panel, engine: EngineConfig, resources: ResourcesConfig, *, app: str = APP,
+                  route: str = ROUTE) -> Iterator[DeploymentHandle]:
+    """Start the judge application (HTTP on the panel's host and port at ``route``), yield its handle, then
+    delete it."""
     serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
-    handle = serve.run(build_app(panel, engine, resources), name=app, route_prefix=ROUTE)
+    handle = serve.run(build_app(panel, engine, resources), name=app, route_prefix=route)
     try:
         yield handle
     finally:

@@ -7,6 +7,7 @@ first use. Each folder is written beside its final place and renamed when comple
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -44,15 +45,19 @@ def prepare_embedded(name: str, *, force: bool = False) -> Path:
     if (final / COMPLETE).exists() and not force:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        EMBEDDED[name][0](tmp)
-        (tmp / COMPLETE).write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(final.with_name(f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second first use waits for the first, then finds the model ready
+        if (final / COMPLETE).exists() and not force:
+            return final
+        tmp = final.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            EMBEDDED[name][0](tmp)
+            (tmp / COMPLETE).write_text("ok\n")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

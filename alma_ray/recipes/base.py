@@ -1,7 +1,8 @@
 """What every recipe is and runs with (modelled on torchtune's recipe interfaces).
 
-A ``Recipe`` has three parts: ``plan(config)`` (pure: the stages in order and the actors each starts, printed at
-start and unit-tested), ``run(config, store, log)`` (run or resume every stage; returns a ``RunSummary``) and
+A ``Recipe`` has four parts: ``plan(config)`` (pure: the stages in order and the actors each starts, printed at
+start and unit-tested), ``check(config)`` (the input files read and checked before Ray starts),
+``run(config, store, log)`` (run or resume every stage; returns a ``RunSummary``) and
 ``report(run_dir)`` (rebuild the per-round reports from what the stages committed).
 
 Inside ``run`` a recipe calls ``Run.stage`` once per stage: the stage object (``alma_ray.stages``) says what it
@@ -53,7 +54,8 @@ class Run:
     def stage(self, round_index: int, stage: Stage, read: StageResult | None = None,
               after: Sequence[StageResult] = ()) -> StageResult:
         """Run ``stage`` on the rows of ``read`` (None: it makes its own) unless it is committed; ``read`` and
-        ``after`` are its inputs: a stage built from other inputs than a committed one's is refused."""
+        ``after`` are its inputs, with the stage's ``sources``: a committed stage built from other inputs is
+        stale and rebuilt."""
         inputs = {s.manifest.stage: s.manifest for s in [*([read] if read else []), *after]}
 
         def write(out: Path) -> StageOutput:
@@ -61,9 +63,11 @@ class Run:
             if read is not None:
                 data = ray.data.read_parquet(str(read.data))
                 stage.check(data, read.data)
+            stage.bind(read.data if read is not None else None, self.store.part_rows)
             return stage.write(data, out)
 
-        result = self.store.run_stage(round_index, stage.name, write, inputs)
+        result = self.store.run_stage(round_index, stage.name, write, inputs, sources=stage.sources(),
+                                      resumable=stage.resumable)
         self.summary.results.append(result)
         m = result.manifest
         state = "skipped (done)" if result.skipped else f"{m.wall_s:7.1f} s"
@@ -78,6 +82,10 @@ class Recipe(Protocol):
     def plan(self, config: Any) -> Plan:
         """The stages in order and the actors each starts (pure)."""
 
+    def check(self, config: Any) -> None:
+        """Read and check the run's input files (seeds, annotations) before Ray starts; raise ``AlmaError``
+        naming the file and line of the first problem."""
+
     def run(self, config: Any, store: RunStore, log: Log = print) -> RunSummary:
         """Run or resume every stage of ``config`` in ``store``."""
 
@@ -85,6 +93,9 @@ class Recipe(Protocol):
         """Rebuild the run's reports from its committed stages; returns the files written."""
 
 
-def open_store(config: AnyConfig) -> RunStore:
-    """The run directory of ``config``, bound to its digest (refused when it holds a run of another config)."""
-    return RunStore(config.run_dir, config.digest(), config.to_yaml())
+def open_store(config: AnyConfig, *, repair: bool = False, log: Log = print) -> RunStore:
+    """The run directory of ``config``, locked for this process and bound to its digest (refused when it holds a
+    run of another config, or another process runs it). ``repair``: recompute damaged stages instead of
+    refusing them."""
+    return RunStore(config.run_dir, config.digests(), config.to_yaml(), repair=repair, part_rows=config.part_rows,
+                    log=log)

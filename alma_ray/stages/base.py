@@ -8,22 +8,32 @@ checks ``needs`` against that input's columns before anything starts (naming the
 blocks it writes (``tally``, in the task) and the driver merges the tallies (``figures``), so no stage re-reads its
 output. It refuses an empty result (``EmptyStageError``, with ``empty_hint``). Stages whose output is not rows (a
 trained model, centroids beside their rows) override ``write``.
+
+A ``resumable`` stage (the long ones: generation, scoring, synthesis) writes its output in parts, each committed
+as it finishes (``write_parts``): a part covers a fixed group of the input's files (at most ``part_rows`` rows)
+or, for a stage that makes its own rows, a fixed range of them. A rerun after a kill skips the committed parts and
+does only the rest; every row's seed comes from its lineage, so the result equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
 from ray.data import Dataset
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 
 from alma_ray.errors import EmptyStageError, StageInputError
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, atomic_write_text
 
 Tally = Callable[[pa.Table], Any]
 """What one write task computes from the rows it writes (runs in the task; merged on the driver by ``figures``)."""
@@ -40,6 +50,37 @@ class Stage:
 
     tally: Tally | None = None
     """Set to a module-level function: each write task's figures of the rows it wrote."""
+    resumable: ClassVar[bool] = False
+    """Write in parts committed one by one (``write_parts``), so a killed stage resumes where it stopped."""
+    input_dir: Path | None = None
+    """The input stage's rows (set by ``bind``)."""
+    part_rows: int | None = None
+    """Rows per committed file, and per part of a resumable stage (set by ``bind``)."""
+
+    def bind(self, input_dir: Path | None, part_rows: int | None) -> None:
+        """Where the input's rows are and how many rows a file (and a part) holds: the run sets this."""
+        self.input_dir, self.part_rows = input_dir, part_rows
+
+    def sources(self) -> dict[str, str]:
+        """Digests of what the stage reads besides its input stages (seed prompts, an annotation file): a change
+        makes the committed stage stale."""
+        return {}
+
+    def parts(self) -> list[Part]:
+        """The resumable units: groups of the input's files, or one part for a stage that makes its own rows."""
+        if self.input_dir is None or self.part_rows is None:
+            return [Part(0)]
+        return input_parts(self.input_dir, self.part_rows)
+
+    def part_data(self, part: Part) -> Dataset | None:
+        """The rows of one part (None: the stage makes its own)."""
+        return ray.data.read_parquet(list(part.files)) if part.files else None
+
+    def write_output(self, data: Dataset | None, out: Path) -> tuple[int, list[Any]]:
+        """Write ``transform`` of the input into ``out`` (in parts when ``resumable``): (rows, tallies)."""
+        if self.resumable and self.part_rows is not None:
+            return write_parts(self, out)
+        return write_rows(self.transform(data), out, self.tally, max_rows_per_file=self.part_rows)
 
     def transform(self, data: Dataset | None) -> Dataset:
         """The rows to write, as a lazy dataset over ``data`` (the input stage's rows, or None)."""
@@ -51,7 +92,7 @@ class Stage:
 
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         """Write the stage's output into ``out``; the default writes ``transform(data)`` as parquet."""
-        rows, tallies = write_rows(self.transform(data), out, self.tally)
+        rows, tallies = self.write_output(data, out)
         return self.counted(rows, tallies)
 
     def counted(self, rows: int, tallies: Iterable[Any] = (), **figures: Any) -> StageOutput:
@@ -73,8 +114,8 @@ class Stage:
 class _TallyingParquet(ParquetDatasink):
     """Ray Data's parquet sink, whose write tasks also return ``tally`` of the rows they wrote."""
 
-    def __init__(self, path: str, tally: Tally | None) -> None:
-        super().__init__(path, dataset_uuid=uuid.uuid4().hex[:12])
+    def __init__(self, path: str, tally: Tally | None, max_rows_per_file: int | None = None) -> None:
+        super().__init__(path, dataset_uuid=uuid.uuid4().hex[:12], max_rows_per_file=max_rows_per_file)
         self.tally = tally
         self.result: Any = None
 
@@ -93,9 +134,11 @@ class _TallyingParquet(ParquetDatasink):
         self.result = write_result
 
 
-def write_rows(ds: Dataset, out: Path, tally: Tally | None = None) -> tuple[int, list[Any]]:
-    """Stream ``ds`` into parquet files in ``out``: (rows written, each write task's ``tally`` of its rows)."""
-    sink = _TallyingParquet(str(out), tally)
+def write_rows(ds: Dataset, out: Path, tally: Tally | None = None, *, max_rows_per_file: int | None = None
+               ) -> tuple[int, list[Any]]:
+    """Stream ``ds`` into parquet files in ``out`` (about ``max_rows_per_file`` rows at most each): (rows written,
+    each write task's ``tally`` of its rows)."""
+    sink = _TallyingParquet(str(out), tally, max_rows_per_file)
     ds.write_datasink(sink)
     result = sink.result
     if result is None:
@@ -116,3 +159,61 @@ def sample_rows(ds: Dataset, n: int, *, columns: list[str]) -> pd.DataFrame:
     """Up to ``n`` rows of ``ds`` (only ``columns``) on the driver, for metrics."""
     batch = ds.select_columns(columns).take_batch(n, batch_format="pandas")
     return batch if isinstance(batch, pd.DataFrame) else pd.DataFrame(batch)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One resumable unit of a stage: the input files it covers, or the range [start, stop) of rows it makes."""
+
+    index: int
+    files: tuple[str, ...] = ()
+    start: int = 0
+    stop: int = 0
+
+
+def input_parts(source: Path, rows_per_part: int) -> list[Part]:
+    """The files of a committed stage (sorted by name: the same on every rerun) in groups of at most
+    ``rows_per_part`` rows (a file with more is a part of its own), counted from the parquet footers."""
+    files = sorted(str(p) for p in source.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    groups: list[list[str]] = []
+    rows = 0
+    for f in files:
+        n = pq.read_metadata(f).num_rows
+        if not groups or rows + n > rows_per_part:
+            groups.append([])
+            rows = 0
+        groups[-1].append(f)
+        rows += n
+    return [Part(i, tuple(g)) for i, g in enumerate(groups)] or [Part(0)]
+
+
+def range_parts(total: int, rows_per_part: int | None) -> list[Part]:
+    """[0, total) in ranges of ``rows_per_part`` (one range when None)."""
+    step = rows_per_part or max(total, 1)
+    return [Part(i, start=a, stop=min(a + step, total)) for i, a in enumerate(range(0, total, step))]
+
+
+def write_parts(stage: Stage, out: Path) -> tuple[int, list[Any]]:
+    """Write ``stage`` part by part into ``out``: part ``i``'s files are ``p<i>-*.parquet``, committed by its
+    marker ``_PART-<i>.json`` (rows and tallies), written last. A part with a marker is kept as it is; one
+    without is redone from scratch (its files from a killed attempt removed first)."""
+    for tmp in out.glob(".part-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    total, tallies = 0, []
+    for part in stage.parts():
+        tag = f"{part.index:05d}"
+        marker = out / f"_PART-{tag}.json"
+        if not marker.exists():
+            for stale in out.glob(f"p{tag}-*"):
+                stale.unlink()
+            tmp = out / f".part-{tag}.tmp-{uuid.uuid4().hex[:8]}"
+            rows, part_tallies = write_rows(stage.transform(stage.part_data(part)), tmp, stage.tally,
+                                            max_rows_per_file=stage.part_rows)
+            for f in sorted(tmp.glob("*.parquet")):
+                f.rename(out / f"p{tag}-{f.name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            atomic_write_text(marker, json.dumps({"rows": rows, "tallies": part_tallies}, default=float))
+        done = json.loads(marker.read_text())
+        total += done["rows"]
+        tallies += done["tallies"]
+    return total, tallies

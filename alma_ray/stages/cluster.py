@@ -110,7 +110,7 @@ class Cluster(Stage):
         train_s = time.time() - t0
         np.save(out / "centroids.npy", centroids)
         rows, tallies = write_rows(assign_clusters(data, centroids), out / DATA,
-                                   functools.partial(cluster_sizes, k=self.k))
+                                   functools.partial(cluster_sizes, k=self.k), max_rows_per_file=self.part_rows)
         sizes = [int(c) for c in np.sum(tallies, axis=0) if c] if tallies else []
         m = self.cfg.metric_sample
         fraction = min(1.0, 1.5 * m / self.rows)

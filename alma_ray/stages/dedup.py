@@ -141,7 +141,7 @@ class Dedup(Stage):
             batch_format="pandas")
         result = dedup(candidates, reference_rows(self.reference), cfg=self.cfg, partitions=self.partitions)
         self._near = result.near.materialize()
-        rows, _ = write_rows(result.unique.drop_columns(["text", "order"]), out)
+        rows, _ = write_rows(result.unique.drop_columns(["text", "order"]), out, max_rows_per_file=self.part_rows)
         return self.counted(rows)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def _too_few(round_index: int, k: int, available: int, remaining: int) -> str:
 
 
 def draw_small(pool_dir: str, used_dirs: list[str], embeddings_dir: str, out: str, *, k: int, seed: int,
-                round_index: int, m: int) -> dict[str, Any]:
+                round_index: int, m: int, max_rows_per_file: int | None = None) -> dict[str, Any]:
     """The whole draw of a small pool in one task: the pool and the ledger read whole, the drawn rows written to
     ``out``, the metric samples' embeddings looked up. A refusal comes back as ``error``."""
     import pyarrow.parquet as pq
@@ -115,7 +115,10 @@ def draw_small(pool_dir: str, used_dirs: list[str], embeddings_dir: str, out: st
         drawn, random, unused, available = draw_frame(pool, used, k=k, seed=seed, round_index=round_index)
     except PoolTooSmallError as e:
         return {"error": str(e)}
-    pq.write_table(pa.Table.from_pandas(drawn, preserve_index=False), f"{out}/part-0.parquet")
+    table = pa.Table.from_pandas(drawn, preserve_index=False)
+    step = max_rows_per_file or max(len(drawn), 1)
+    for i, start in enumerate(range(0, max(len(drawn), 1), step)):
+        pq.write_table(table.slice(start, step), f"{out}/part-{i:05d}.parquet")
     columns = ["prompt_id", "prompt", "cluster_id"]
     samples = drawn[columns].head(m), random[columns].head(m)
     wanted = pa.array(sorted({*samples[0].prompt_id, *samples[1].prompt_id}), type=pa.string())
@@ -169,7 +172,7 @@ class DrawPrompts(Stage):
             task = ray.remote(draw_small).options(num_cpus=1)  # type: ignore[arg-type]
             done = ray.get(task.remote(str(self.pool), self.used, str(self.embeddings), str(out),  # type: ignore
                                        k=self.k, seed=self.seed, round_index=self.round_index,
-                                       m=min(self.k, self.metric_sample)))
+                                       m=min(self.k, self.metric_sample), max_rows_per_file=self.part_rows))
             if "error" in done:
                 raise PoolTooSmallError(done["error"])
             return self.counted(done["rows"], ledger_before=self.pool_rows - done["unused"],
@@ -179,7 +182,8 @@ class DrawPrompts(Stage):
         draw = draw_prompts(data, used, k=self.k, seed=self.seed, round_index=self.round_index,
                             partitions=self.partitions)
         m, columns = min(self.k, self.metric_sample), ["prompt_id", "prompt", "cluster_id"]
-        rows, tallies = write_rows(draw.drawn, out, functools.partial(head_rows, columns=columns, n=m))
+        rows, tallies = write_rows(draw.drawn, out, functools.partial(head_rows, columns=columns, n=m),
+                                   max_rows_per_file=self.part_rows)
         drawn = pd.concat(tallies).head(m) if tallies else pd.DataFrame(columns=columns)
         random = sample_rows(draw.random, m, columns=columns)
         vectors = embeddings_of(ray.data.read_parquet(str(self.embeddings)),

@@ -21,11 +21,18 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from alma_ray.config import EngineConfig, ResourcesConfig
 from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
 from alma_ray.ids import stable_seed
 from alma_ray.judge.serve import APP, ROUTE, Panel, build_app
+from alma_ray.store import text_digest
+
+
+def judge_app_name(run_dir: Any) -> str:
+    """The Serve application name of a run's judge: the run's name and a hash of its directory."""
+    return f"{APP}-{run_dir.name}-{text_digest(str(run_dir))[:6]}"
 
 TOO_LONG = "prompt_too_long"
 """The finish reason of a prompt that left no room for ``max_tokens`` (``generation.too_long: skip``)."""
@@ -126,14 +133,31 @@ class SamplingEngine:
 class Engines:
     """The engines one run keeps; ``with Engines(...) as engines:`` ends them when the run ends."""
 
-    def __init__(self, engine: EngineConfig, resources: ResourcesConfig, *, log: Any = None) -> None:
+    def __init__(self, engine: EngineConfig, resources: ResourcesConfig, *, log: Any = None, app: str = APP
+                 ) -> None:
         self.engine, self.resources = engine, resources
         self.log = log or (lambda line: None)
+        self.app = app
+        """The prefix of this run's Serve applications (``judge_app_name``): two runs on one cluster never touch
+        each other's judge."""
         self.pools: dict[str, list[Any]] = {}
         self.apps: dict[Panel, str] = {}
 
     def __enter__(self) -> Engines:
+        self.clean_up_dead_apps()
         return self
+
+    def clean_up_dead_apps(self) -> None:
+        """Delete the Serve applications an earlier, killed driver of this run left up (and the devices they
+        hold). The run directory's lock says that driver is gone, so every app under this run's prefix is its."""
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            return  # Serve is not running on this cluster
+        for name in list(serve.status().applications):
+            if name == self.app or name.startswith(f"{self.app}-"):
+                self.log(f"engines: deleting judge app {name}, left up by an earlier driver of this run")
+                serve.delete(name)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -156,12 +180,13 @@ class Engines:
         panel of the run is the main judge (HTTP on its host and port); others get their own app, handle only."""
         if panel not in self.apps:
             main = not self.apps
-            name = APP if main else f"{APP}-{len(self.apps)}"
+            name = self.app if main else f"{self.app}-{len(self.apps)}"
+            route = ROUTE if self.app == APP else f"{ROUTE}/{self.app}"
             serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
-            serve.run(build_app(panel, self.engine, self.resources), name=name,
-                      route_prefix=ROUTE if main else None)
+            serve.run(build_app(panel, self.engine, self.resources), name=name, route_prefix=route if main else None)
             self.apps[panel] = name
-            self.log(f"engines: judge app {name} up ({len(panel.judges)} judge(s))")
+            where = f", POST http://{panel.http_host}:{panel.http_port}{route}" if main else ""
+            self.log(f"engines: judge app {name} up ({len(panel.judges)} judge(s){where})")
         return self.apps[panel]
 
     def stop_judge(self, panel: Panel) -> None:

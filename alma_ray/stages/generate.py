@@ -138,12 +138,13 @@ class Sample(Stage):
     needs: tuple[str, ...] = ("prompt_id", "prompt")
     empty_hint: str = "no prompts reached the engines: check the input stage"
     tally = staticmethod(sampling_tally)
+    resumable = True
     _started: float = field(default=0.0, repr=False)
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
 
     def transform(self, data: Dataset | None) -> Dataset:
-        prompts = ray.data.from_items(self.prompts) if self.prompts is not None else data
+        prompts = ray.data.from_items(self.prompts) if data is None and self.prompts is not None else data
         assert prompts is not None, f"stage {self.name} has no prompts"
         return generate_responses(prompts, self.shares, engines=self.engines,
                                   completion_template=self.completion_template, too_long=self.too_long,

@@ -31,7 +31,7 @@ from alma_ray.judge.annotations import (
 from alma_ray.judge.serve import Panel, score_dataset
 from alma_ray.stages.base import Stage
 from alma_ray.stages.engines import Engines
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, file_digest
 from alma_ray.train.data import one_hot_ratings
 
 
@@ -49,6 +49,11 @@ class Annotations(Stage):
     seed: int
     name: str = "annotations"
     empty_hint: str = "the annotation file has no rows"
+
+    def sources(self) -> dict[str, str]:
+        """The annotation file's bytes (the demo set is made by code from the seed)."""
+        path = Path(self.build.annotations).expanduser()
+        return {"annotations": file_digest(path)} if self.build.annotations != DEMO and path.is_file() else {}
 
     def write(self, data: Any, out: Path) -> StageOutput:
         b = self.build

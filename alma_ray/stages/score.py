@@ -20,11 +20,11 @@ from alma_ray.stages.engines import Engines
 from alma_ray.store import StageOutput
 
 
-def score_tally(table: Any) -> tuple[int, float]:
-    """(rows the judge scored, the sum of their scores) of a write task."""
+def score_tally(table: Any) -> list[Any]:
+    """[rows the judge scored, the sum of their scores] of a write task."""
     df = table.select(["score", "judge_flag"]).to_pandas()
     valid = df[df.judge_flag == ""]
-    return len(valid), float(valid.score.sum())
+    return [len(valid), float(valid.score.sum())]
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Score(Stage):
     name: str = "scores"
     needs: tuple[str, ...] = ("prompt", "response")
     tally = staticmethod(score_tally)
+    resumable = True
     _progress: Any = field(default=None, repr=False)
 
     def transform(self, data: Dataset | None) -> Dataset:

@@ -24,10 +24,10 @@ from ray.data import Dataset
 from alma_ray.config import SynthesisConfig
 from alma_ray.ids import prompt_id, stable_seed
 from alma_ray.progress import StageProgress, busy_window
-from alma_ray.stages.base import Stage, write_rows
+from alma_ray.stages.base import Part, Stage, range_parts
 from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Share, sample_pool
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, text_digest
 
 HEADER = "Below are requests that users sent to a helpful AI assistant.\n\n"
 SLOT = "Request:"
@@ -119,13 +119,26 @@ class Synthesize(Stage):
     name: str = "synthesis"
     empty_hint: str = "raise synthesis.num_requests"
     tally = staticmethod(reject_tally)
+    resumable = True
     _window: float = field(default=0.0, repr=False)
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
 
+    def sources(self) -> dict[str, str]:
+        return {"seed_prompts": text_digest(self.seeds, self.known)}
+
+    def parts(self) -> list[Part]:
+        """Ranges of request indices, ``part_rows`` requests each."""
+        return range_parts(self.syn.num_requests, self.part_rows)
+
+    def part_data(self, part: Part) -> Dataset:
+        return ray.data.range(part.stop - part.start).map_batches(
+            lambda b, start=part.start: {"id": b["id"] + start}, batch_size=None)
+
     def transform(self, data: Dataset | None) -> Dataset:
+        """Requests ``data`` (``id`` column; None: all ``num_requests``) -> classified candidates."""
         syn, salt = self.syn, f"{self.seed}:synthesis"
-        requests = ray.data.range(syn.num_requests).map_batches(
+        requests = (ray.data.range(syn.num_requests) if data is None else data).map_batches(
             fewshot_requests,  # type: ignore[arg-type]
             fn_kwargs=dict(seeds=self.seeds, k=syn.k_shot, salt=salt), batch_size=256)
         base = Share("base", self.model, 1, dict(temperature=syn.temperature, top_p=syn.top_p,
@@ -142,7 +155,7 @@ class Synthesize(Stage):
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         with StageProgress(self.name, self.syn.num_requests) as progress:
             self.progress = progress.counter
-            rows, tallies = write_rows(self.transform(data), out, self.tally)
+            rows, tallies = self.write_output(data, out)
         self._window = busy_window(progress.final) or 0.0
         return self.counted(rows, tallies, busy_s=self._window or None)
 

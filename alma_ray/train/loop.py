@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -243,6 +244,8 @@ def fit(examples: Dataset, objective: Objective, *, train: TrainConfig, resource
     from ray.train.torch import TorchConfig, TorchTrainer
 
     res = resources
+    run_name = run_name or f"{objective.name}-{out_dir.parent.name}-{seed}"
+    storage = out_dir.parent.parent.resolve() / "ray_train"
     datasets: dict[str, Any] = {}
     for name, rows in (("train", examples), ("heldout", heldout)):
         if rows is not None:  # every rank reads all of heldout: under ZeRO-3 a forward pass needs every rank
@@ -256,8 +259,7 @@ def fit(examples: Dataset, objective: Objective, *, train: TrainConfig, resource
                                      resources_per_worker=None if res.use_gpu
                                      else {"CPU": res.cpus_per_train_worker}),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
-        run_config=RunConfig(name=run_name or f"{objective.name}-{out_dir.parent.name}-{seed}",
-                             storage_path=str(out_dir.parent.parent.resolve() / "ray_train"),
+        run_config=RunConfig(name=run_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
@@ -267,4 +269,6 @@ def fit(examples: Dataset, objective: Objective, *, train: TrainConfig, resource
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint; see the Ray Train logs above")
     result.checkpoint.to_directory(str(out_dir))
+    # Ray Train's copies (the final model and the last resumable state) served a restart; the model is in out_dir
+    shutil.rmtree(storage / run_name, ignore_errors=True)
     return json.loads((out_dir / "train_metrics.json").read_text())

@@ -17,6 +17,7 @@ import pytest
 from alma_ray.config import AlmaConfig
 
 pytestmark = pytest.mark.usefixtures("ray_local")
+TOKEN = "s3cret"
 
 
 def _free_port() -> int:
@@ -25,9 +26,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _post(url: str, body: Any) -> tuple[int, Any]:
+def _post(url: str, body: Any, token: str | None = None) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -35,17 +37,20 @@ def _post(url: str, body: Any) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
 
 
-def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str) -> None:
+def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
     import ray.data
     from ray import serve
 
     from alma_ray.judge.serve import APP, ROUTE, Panel, ServedJudge, judge_service, score_dataset
 
     port = _free_port()
+    monkeypatch.setenv("ALMA_JUDGE_TOKEN", "s3cret")  # the endpoint then wants it as a bearer token
     config = AlmaConfig.model_validate(dict(
         base_model=tiny_model, generation={"checkpoints": [{"name": "a", "model": tiny_model}]},
         judge={"model": tiny_model, "version": "t1", "max_response_chars": 100_000, "max_batch_size": 16,
-               "http_port": port, "ensemble": [{"name": "plain", "model": tiny_model, "weight": 3,
+               "http_port": port, "http_max_pairs": 8, "http_max_body_bytes": 65_536,
+               "max_prompt_chars": 400, "ensemble": [{"name": "plain", "model": tiny_model, "weight": 3,
                                                 "chat_template": False}]},
         engine={"max_model_len": 1024, "dtype": "float32"}))
     pairs = [{"prompt": f"tell me about {w}", "response": f"{w} is a word"} for w in ["rain", "sea", "moon"]]
@@ -66,18 +71,28 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str) -> N
 
         # The pipeline path: Ray Data calls the handle; every row comes back, with lineage.
         scored = score_dataset(ray.data.from_items(pairs * 8), batch_size=16, resources=config.resources).take_all()
-        assert len(scored) == 24 and {row["score"] for row in scored} == {r["score"] for r in rows[:3]}
+        by_prompt = {p["prompt"]: r["score"] for p, r in zip(pairs, rows)}
+        assert len(scored) == 24  # the same scores up to float noise (vLLM batches the rows differently)
+        np.testing.assert_allclose([row["score"] for row in scored], [by_prompt[row["prompt"]] for row in scored],
+                                   atol=1e-5)
 
         # HTTP: one pair, a list, bad JSON, and 64 concurrent requests with no error.
         url = f"http://127.0.0.1:{port}{ROUTE}"
-        status, one = _post(url, pairs[0])
+        assert _post(url, pairs[0])[0] == 401 and _post(url, pairs[0], "wrong")[0] == 401
+        status, one = _post(url, pairs[0], TOKEN)
         assert status == 200 and one["score"] == pytest.approx(rows[0]["score"], abs=1e-6)
-        status, many = _post(url, [pairs[1], bad[0]])
+        status, many = _post(url, [pairs[1], bad[0]], TOKEN)
         assert status == 200 and many[1]["judge_flag"] == "empty_response" and many[1]["score"] is None
-        assert _post(url, b"not json")[0] == 400
-        assert _post(url, [{"prompt": "x"}])[0] == 400
+        assert _post(url, b"not json", TOKEN)[0] == 400
+        assert _post(url, [{"prompt": "x"}], TOKEN)[0] == 400
+        assert _post(url, {"prompt": "x", "response": ["not", "text"]}, TOKEN)[0] == 400
+        assert _post(url, b"[" * 30_000 + b"]" * 30_000, TOKEN)[0] == 400  # deeply nested: refused, never a 500
+        assert _post(url, [pairs[0]] * 9, TOKEN)[0] == 413  # judge.http_max_pairs=8
+        assert _post(url, {"prompt": "x" * 70_000, "response": "y"}, TOKEN)[0] == 413  # judge.http_max_body_bytes
+        status, cut = _post(url, {"prompt": "word " * 12_000, "response": "a word"}, TOKEN)  # under the limit
+        assert status == 200 and cut["judge_flag"] == ""  # the prompt is cut like responses, then scored
         with ThreadPoolExecutor(64) as pool:
-            answers = list(pool.map(lambda i: _post(url, pairs[i % 3]), range(64)))
+            answers = list(pool.map(lambda i: _post(url, pairs[i % 3], TOKEN), range(64)))
         assert all(status == 200 for status, _ in answers)
         np.testing.assert_allclose([a["score"] for _, a in answers], [rows[i % 3]["score"] for i in range(64)],
                                    atol=1e-6)

@@ -42,3 +42,23 @@ def test_unknown_models_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no config.json"):
         resolve_model(str(tmp_path / "empty"))
+
+
+def test_two_first_uses_at_once_leave_one_complete_model(tmp_path: Path) -> None:
+    """Two processes prepare the same model into an empty cache at the same time: one builds it, the other waits
+    for it and uses it; neither deletes the other's folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from alma_ray.models.registry import prepare_embedded; "
+            "print(prepare_embedded('tiny-llama'), flush=True)")
+    env = {**os.environ, "ALMA_RAY_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    folder = tmp_path / "models" / "tiny-llama"
+    assert {out.strip() for out, _ in outs} == {str(folder)}
+    assert (folder / ".complete").exists() and (folder / "config.json").exists()
+    assert not list((tmp_path / "models").glob(".tiny-llama.tmp-*"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig, names_run_model
 from alma_ray.ids import prompt_id
-from alma_ray.judge.annotations import accuracy_table
+from alma_ray.judge.annotations import DEMO, accuracy_table, load_annotations
 from alma_ray.judge.serve import Panel, ServedJudge
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import Plan
@@ -23,12 +23,12 @@ from alma_ray.recipes.alma.plan import plan
 from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw
 from alma_ray.recipes.base import Log, Run, RunSummary
 from alma_ray.seeds import heldout_and_pool, load_seeds
-from alma_ray.stages.engines import Engines
+from alma_ray.stages.engines import Engines, judge_app_name
 from alma_ray.stages.generate import Sample, Share, mix
 from alma_ray.stages.score import Score
 from alma_ray.stages.select import SelectBest
 from alma_ray.stages.train import Train
-from alma_ray.store import RunStore
+from alma_ray.store import MANIFEST, RunStore, StoreError
 from alma_ray.train.objectives import SFT
 
 
@@ -40,6 +40,13 @@ def round_model(model: str, *, latest: str | None, round_one: list[str]) -> str 
         k = int(model[len(ROUND_ONE):])
         return round_one[k] if k < len(round_one) else None
     return None
+
+
+def held_rounds(run_dir: Path) -> int:
+    """The last round (>= 1) of which a run directory holds a committed stage; 0 when none."""
+    rounds = [int(d.name[len("round_"):]) for d in run_dir.glob("round_[0-9][0-9][0-9]")
+              if any(d.glob(f"*/{MANIFEST}"))]
+    return max([r for r in rounds if r >= 1], default=0)
 
 
 @dataclass
@@ -68,6 +75,18 @@ class ALMARecipe:
     def report(self, run_dir: Path) -> list[Path]:
         return report.write_all(run_dir)
 
+    def check(self, config: AlmaConfig) -> None:
+        held = held_rounds(config.run_dir)
+        if held > config.rounds:
+            raise StoreError(f"{config.run_dir} already holds {held} rounds and rounds={config.rounds}: a run "
+                             f"only extends; give rounds={held} or more, or another name=...")
+        seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
+                           max_chars=config.synthesis.max_seed_chars)
+        heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
+        build = config.judge.build
+        if build is not None and build.annotations != DEMO:
+            load_annotations(build.annotations)
+
     def run(self, config: AlmaConfig, store: RunStore, log: Log = print) -> RunSummary:
         started = time.time()
         run = Run(store, log)
@@ -80,7 +99,7 @@ class ALMARecipe:
             f"{seeds.skipped_other} duplicates or non-English")
         judges = {m.name: ServedJudge(m.name, resolve_model(m.model), m.weight, m.chat_template, label=m.model)
                   for m in config.judge.members}
-        with Engines(config.engine, config.resources, log=log) as engines:
+        with Engines(config.engine, config.resources, log=log, app=judge_app_name(store.run_dir)) as engines:
             if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
                 main = judges[config.judge.name]
                 built = build_judge(config, run, engines, base=base, judge_start=main.model, seed_prompts=fewshot)

@@ -112,7 +112,7 @@ def text_digest(*parts: Any) -> str:
 
 def _files_of(stage_dir: Path) -> dict[str, list[int | str]]:
     out: dict[str, list[int | str]] = {}
-    for path in sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.name not in (MANIFEST, PARTIAL)):
         st = path.stat()
         out[str(path.relative_to(stage_dir))] = [st.st_size, st.st_mtime_ns, file_digest(path)]
     return out
@@ -181,6 +181,8 @@ class RunLock:
         return lock
 
     def release(self) -> None:
+        if self.fd < 0:
+            return
         run_dir = self.path.parent
         lock, count = self._held.get(run_dir, (self, 1))
         if count > 1:
@@ -190,6 +192,7 @@ class RunLock:
         with contextlib.suppress(OSError):
             os.ftruncate(self.fd, 0)  # a clean exit leaves an empty lock file: nothing to take over
             os.close(self.fd)
+        self.fd = -1
 
 
 class RunStore:
@@ -250,7 +253,9 @@ class RunStore:
         if done.config_hash not in self.known_hashes:
             raise StoreError(f"{final} was written by another config (hash {done.config_hash}, now "
                              f"{self.config_hash}); use another name=... or delete the run directory")
-        if done.input_hashes != input_hashes:
+        compared = input_hashes if done.files else {  # a manifest from before sources were inputs
+            k: v for k, v in input_hashes.items() if not k.startswith("source:")}
+        if done.input_hashes != compared:
             self.log(f"store: {final} was built from other inputs than the current ones: rebuilding it")
             return False
         if (problem := verify(final, done)) is None:
@@ -271,7 +276,13 @@ class RunStore:
         final = self.path(round_index, stage)
         input_hashes = {name: m.content_hash for name, m in (inputs or {}).items()}
         input_hashes.update({f"source:{name}": digest for name, digest in (sources or {}).items()})
-        done = read_manifest(final)
+        try:
+            done = read_manifest(final)
+        except StageDamagedError as e:
+            if not self.repair:
+                raise
+            self.log(f"store: {e}: recomputing {final} (--repair)")
+            done = None
         if done is not None and self._reusable(final, done, input_hashes):
             return StageResult(final, done, skipped=True)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +290,7 @@ class RunStore:
             shutil.rmtree(stale, ignore_errors=True)
         if final.exists():  # not a finished stage (no manifest), a stale or a damaged one
             shutil.rmtree(final)
-        key = {"config_hash": self.config_hash, "input_hashes": input_hashes}
+        key = {"config_hash": self.config_hash, "input_hashes": input_hashes, "part_rows": self.part_rows}
         if resumable:
             tmp = final.parent / f".{stage}.partial"
             if tmp.exists() and _read_json(tmp / PARTIAL) != key:
@@ -298,7 +309,6 @@ class RunStore:
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        (tmp / PARTIAL).unlink(missing_ok=True)
         manifest = Manifest(stage=stage, round=round_index, rows=output.rows, config_hash=self.config_hash,
                             input_hashes=input_hashes, wall_s=round(time.time() - started, 3),
                             started_at=started, stats=output.stats, files=_files_of(tmp))
@@ -306,6 +316,7 @@ class RunStore:
         self._bind()
         atomic_write_text(tmp / MANIFEST, manifest.to_json())
         tmp.rename(final)
+        (final / PARTIAL).unlink(missing_ok=True)  # after the rename: a kill before it keeps the parts resumable
         return StageResult(final, manifest, skipped=False)
 
 

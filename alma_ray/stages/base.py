@@ -174,7 +174,8 @@ class Part:
 def input_parts(source: Path, rows_per_part: int) -> list[Part]:
     """The files of a committed stage (sorted by name: the same on every rerun) in groups of at most
     ``rows_per_part`` rows (a file with more is a part of its own), counted from the parquet footers."""
-    files = sorted(str(p) for p in source.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    files = sorted(str(p) for p in source.rglob("*.parquet")  # as Ray reads a directory: no hidden paths
+                   if not any(part.startswith((".", "_")) for part in p.relative_to(source).parts))
     groups: list[list[str]] = []
     rows = 0
     for f in files:

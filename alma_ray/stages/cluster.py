@@ -21,6 +21,7 @@ from ray.data import Dataset
 from alma_ray.config import ClusteringConfig
 from alma_ray.diversity import diversity
 from alma_ray.errors import AlmaError
+from alma_ray.ids import stable_seed
 from alma_ray.stages.base import Stage, sample_rows, write_rows
 from alma_ray.store import DATA, StageOutput
 
@@ -34,6 +35,10 @@ def _vectors(column: Any) -> np.ndarray:
     return np.ascontiguousarray(np.stack(list(column)), dtype=np.float32)
 
 
+def _in_sample(row: dict[str, Any], *, fraction: float, seed: int) -> bool:
+    return stable_seed(seed, "kmeans-sample", str(row["prompt_id"])) < fraction * 2**31
+
+
 def train_centroids(embeddings: Dataset, *, k: int, cfg: ClusteringConfig, rows: int, seed: int) -> np.ndarray:
     """Centroids (k x dim, unit length) from k-means on a random sample of ``embeddings``."""
     import faiss
@@ -43,12 +48,14 @@ def train_centroids(embeddings: Dataset, *, k: int, cfg: ClusteringConfig, rows:
             f"the prompt pool has {rows} prompts, fewer than the {k} clusters asked for: raise "
             "synthesis.num_requests, or lower synthesis.clustering.clusters / prompts_per_round")
     want = min(rows, k * cfg.max_points_per_centroid)
-    sample = embeddings.select_columns(["embedding"])
-    if want < rows:
-        sample = sample.random_sample(min(1.0, 1.2 * want / rows), seed=seed)
-    x = _vectors(sample.take_batch(want, batch_format="numpy")["embedding"])
-    if len(x) < k:  # the random sample came out short: take the first rows instead
-        x = _vectors(embeddings.take_batch(want, batch_format="numpy")["embedding"])
+    sample = embeddings.select_columns(["prompt_id", "embedding"])
+    if want < rows:  # a sample by prompt id, not by position: the same rows whatever the files' order
+        sample = sample.filter(functools.partial(_in_sample, fraction=min(1.0, 1.2 * want / rows), seed=seed))
+    batch = sample.take_batch(want, batch_format="numpy")
+    if len(batch["prompt_id"]) < k:  # the sample came out short: take the first rows instead
+        batch = embeddings.select_columns(["prompt_id", "embedding"]).take_batch(want, batch_format="numpy")
+    order = np.argsort(batch["prompt_id"], kind="stable")  # k-means sees its points in one order on every run
+    x = _vectors(batch["embedding"])[order]
     kmeans = faiss.Kmeans(x.shape[1], k, niter=cfg.iterations, seed=seed, spherical=True,
                           max_points_per_centroid=cfg.max_points_per_centroid, min_points_per_centroid=1,
                           verbose=False)

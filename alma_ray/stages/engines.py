@@ -149,7 +149,10 @@ class Engines:
 
     def clean_up_dead_apps(self) -> None:
         """Delete the Serve applications an earlier, killed driver of this run left up (and the devices they
-        hold). The run directory's lock says that driver is gone, so every app under this run's prefix is its."""
+        hold). The run directory's lock says that driver is gone, so every app under this run's prefix is its.
+        Engines under the shared default name (benchmarks, tests) clean up nothing."""
+        if self.app == APP:
+            return
         try:
             ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         except ValueError:

@@ -25,7 +25,7 @@ from alma_ray.ids import stable_seed
 from alma_ray.progress import StageProgress, busy_window
 from alma_ray.stages.base import Stage
 from alma_ray.stages.engines import TOO_LONG, Engines, SampleRequest
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, text_digest
 
 
 def split_samples(n: int, weights: list[float]) -> list[int]:
@@ -142,6 +142,10 @@ class Sample(Stage):
     _started: float = field(default=0.0, repr=False)
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+
+    def sources(self) -> dict[str, str]:
+        """The prompts given as a list (held-out probe prompts, distill pairs' seed prompts) are an input."""
+        return {"prompts": text_digest(self.prompts)} if self.prompts is not None else {}
 
     def transform(self, data: Dataset | None) -> Dataset:
         prompts = ray.data.from_items(self.prompts) if data is None and self.prompts is not None else data

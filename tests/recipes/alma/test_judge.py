@@ -31,10 +31,10 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
         judge={"model": tiny_model, "build": {"annotations": str(annotations), "heldout": 0.34, "epochs": 6,
                                               "lr": 3e-3, "distill_pairs": 8}},
         train={"micro_batch": 2}, engine={"max_model_len": 1024, "dtype": "float32"}))
+    seed_prompts = ["say rain", "say snow", "name a bird"]
     run = Run(open_store(config))
     with Engines(config.engine, config.resources) as engines:
-        built = build_judge(config, run, engines, base=tiny_model, judge_start=tiny_model,
-                            seed_prompts=["say rain", "say snow", "name a bird"])
+        built = build_judge(config, run, engines, base=tiny_model, judge_start=tiny_model, seed_prompts=seed_prompts)
     judge, table, results = built.model, built.table, run.summary.results
     assert [r.manifest.stage for r in results] == ["annotations", "judge_sft", "distill_pairs", "distill_scores",
                                                    "judge_distill", "judge_eval"]
@@ -57,5 +57,6 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
 
     rerun = Run(open_store(config))
     with Engines(config.engine, config.resources) as engines:
-        build_judge(config, rerun, engines, base=tiny_model, judge_start=tiny_model, seed_prompts=["say rain"])
-    assert all(r.skipped for r in rerun.summary.results) and len(rerun.summary.results) == 6
+        build_judge(config, rerun, engines, base=tiny_model, judge_start=tiny_model, seed_prompts=seed_prompts)
+    assert [r.manifest.stage for r in rerun.summary.results if not r.skipped] == []
+    assert len(rerun.summary.results) == 6

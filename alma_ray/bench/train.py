@@ -105,6 +105,7 @@ def bare(args: argparse.Namespace, model: str, out: Path) -> dict[str, Any]:
                    stderr=subprocess.PIPE if not args.verbose else None)
     metrics: dict[str, Any] = json.loads(out.read_text())
     metrics["startup_s"] = metrics["first_step_at"] - t0
+    metrics["to_loop_s"] = metrics["entered_at"] - t0
     metrics["wall_s"] = time.time() - t0
     return metrics
 
@@ -122,6 +123,7 @@ def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
     init_ray(recipe_for(config).plan(config))
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_init_s = time.time() - t0
+    t_fit = time.time()
     try:
         metrics = fit(ray.data.from_items(_rows(args.rows, args.loss)), _objective(config, args.loss),
                       train=config.train, resources=config.resources, model=model,
@@ -130,8 +132,18 @@ def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
         ray.shutdown()
     metrics["ray_init_s"] = ray_init_s
     metrics["startup_s"] = metrics["first_step_at"] - t0
+    metrics["to_loop_s"] = metrics["entered_at"] - t_fit
     metrics["wall_s"] = time.time() - t0
     return metrics
+
+
+def _startup_split(arm: str, m: dict[str, Any]) -> dict[str, float]:
+    """Where an arm's start-up goes: until its ranks' loop runs (processes and process group; under Ray also the
+    TrainController and the worker group), building the engine (imports, model load, ``deepspeed.initialize``),
+    then waiting for the first batch (under Ray the tokenize pass and the streaming split)."""
+    return {f"{arm}_to_loop_s": round(m["to_loop_s"], 1),
+            f"{arm}_engine_build_s": round(m["ready_at"] - m["entered_at"], 1),
+            f"{arm}_to_first_batch_s": round(m["first_step_at"] - m["ready_at"], 1)}
 
 
 def _shared_flags(args: argparse.Namespace) -> list[str]:
@@ -204,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "ray_startup_s": round(r["startup_s"], 1), "bare_startup_s": round(b["startup_s"], 1),
         "ray_init_s": round(r["ray_init_s"], 1), "ray_wall_s": round(r["wall_s"], 1),
         "bare_wall_s": round(b["wall_s"], 1), "steps": r["steps"], "workers": args.workers,
+        **_startup_split("bare", b), **_startup_split("ray", r),
         "zero_stage": args.zero_stage, "bare_loss": round(b["loss"], 4), "ray_loss": round(r["loss"], 4), **pad,
     }
     print(json.dumps(result))

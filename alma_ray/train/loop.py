@@ -78,10 +78,15 @@ class Worker:
     step_ends: list[tuple[float, int]] = field(default_factory=list)
     """(time, cumulative real tokens) after each step this process ran."""
     first_step_at: float = 0.0
+    entered_at: float = 0.0
+    """When this rank's loop began (after its process and the process group were up)."""
+    ready_at: float = 0.0
+    """When its DeepSpeed engine was built (imports, model load, ``deepspeed.initialize`` done)."""
 
     @classmethod
     def start(cls, cfg: dict[str, Any]) -> Worker:
         """Join the process group and build the DeepSpeed engine (every rank; Ray Train and bare torchrun alike)."""
+        entered_at = time.time()
         use_gpu: bool = cfg["use_gpu"]
         if not use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -106,7 +111,8 @@ class Worker:
                                           config=deepspeed_config(train, use_gpu=use_gpu))
         if reference is not None:
             reference.to(engine.device)
-        return cls(objective, train, seed, engine, reference, tokenizer, pad_id)
+        return cls(objective, train, seed, engine, reference, tokenizer, pad_id, entered_at=entered_at,
+                   ready_at=time.time())
 
     def micro_batches(self, windows: Iterable[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -160,7 +166,8 @@ class Worker:
             "train_tokens_per_s_rank0": self.tokens / elapsed if elapsed else 0.0,
             "steady_tokens_per_s_rank0": steady, "padding_fraction": 1 - self.tokens / max(1, self.cells),
             "busy_s": round(elapsed, 3),
-            "first_step_at": self.first_step_at, "losses": self.losses,
+            "entered_at": self.entered_at, "ready_at": self.ready_at, "first_step_at": self.first_step_at,
+            "losses": self.losses,
             **{f"final_{k}": v for k, v in last_quarter.items()}}
 
     def consolidated_state(self) -> dict[str, Any]:

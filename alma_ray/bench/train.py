@@ -138,9 +138,10 @@ def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
 
 
 def _startup_split(arm: str, m: dict[str, Any]) -> dict[str, float]:
-    """Where an arm's start-up goes: until its ranks' loop runs (processes and process group; under Ray also the
-    TrainController and the worker group), building the engine (imports, model load, ``deepspeed.initialize``),
-    then waiting for the first batch (under Ray the tokenize pass and the streaming split)."""
+    """Where an arm's start-up goes: until its ranks' loop runs (the processes; under Ray also the TrainController,
+    the worker group and its process group), building the engine (imports, model load, ``deepspeed.initialize``;
+    under torchrun also joining the process group), then waiting for the first batch (under Ray the tokenize pass
+    and the streaming split)."""
     return {f"{arm}_to_loop_s": round(m["to_loop_s"], 1),
             f"{arm}_engine_build_s": round(m["ready_at"] - m["entered_at"], 1),
             f"{arm}_to_first_batch_s": round(m["first_step_at"] - m["ready_at"], 1)}

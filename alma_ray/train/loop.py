@@ -79,7 +79,8 @@ class Worker:
     """(time, cumulative real tokens) after each step this process ran."""
     first_step_at: float = 0.0
     entered_at: float = 0.0
-    """When this rank's loop began (after its process and the process group were up)."""
+    """When this rank's ``Worker.start`` began (under Ray Train the process group is already up; under torchrun
+    ``deepspeed.init_distributed`` joins it inside ``start``, so it counts in the engine build)."""
     ready_at: float = 0.0
     """When its DeepSpeed engine was built (imports, model load, ``deepspeed.initialize`` done)."""
 

@@ -52,6 +52,9 @@ class Checkpoint(_Section):
     max_tokens: int | None = Field(default=None, gt=0)
     stop: list[str] | None = None
     """Sampling settings for this checkpoint only; None: the generation section's value."""
+    from_round: int | None = Field(default=None, ge=1)
+    """The first round this checkpoint samples (ALMA: the latest model joins M1a and M1b from round 3); None: every
+    round in which it has a model."""
 
 
 class DedupConfig(_Section):
@@ -141,6 +144,9 @@ class GenerationConfig(_Section):
     and finish_reason 'prompt_too_long'; 'truncate' cuts the prompt's tail to fit. Counted in the manifest."""
     probe_temperature: float = Field(default=0.0, ge=0)
     """Sampling temperature of each round's probe answers to the held-out prompts (0: greedy)."""
+    probe_min_tokens: int = Field(default=0, ge=0)
+    """Tokens each probe answer has before it may end (vLLM's ``min_tokens``); 0: a model may answer nothing (the
+    judge flags an empty answer, and the evaluation counts it as unscored)."""
 
     def sampling(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """The vLLM sampling settings of one checkpoint: its own where set, else this section's."""
@@ -186,6 +192,18 @@ class JudgeBuildConfig(_Section):
     rounded to an integer (one-hot)."""
 
 
+class SeedSFTConfig(_Section):
+    """ALMA's round 1: the base model fine-tuned on a seed SFT set (``train.round_one_seeds`` models, M1a and M1b);
+    round 1 samples nothing. Every row keeps its source; the set is D_1 of every later round's training data."""
+
+    sources: list[str] = Field(min_length=1)
+    """JSONL/parquet files of ``prompt``/``response`` rows (or chat ``messages``), or embedded:<name>
+    (alma_ray.seeds: ``mt-bench-references``, ``tiny-sft``)."""
+    skip_bad_lines: bool = False
+    in_later_rounds: bool = True
+    """Train every later round on the seed set too (D_1 + ... + D_r, as ALMA); False: on D_2 .. D_r only."""
+
+
 class JudgeConfig(_Section):
     """LLM-as-judge giving a real-valued 0-10 score from the score-token probabilities."""
 
@@ -215,6 +233,12 @@ class JudgeConfig(_Section):
     <its value>`` (401 otherwise); only the token's SHA-256 reaches the app."""
     build: JudgeBuildConfig | None = None
     """Set to fine-tune the judge from ``model`` before round 1 (stages in round_000); unset: use ``model`` as is."""
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    """The gate: before the judge selects any data, its real-valued pairwise accuracy on ``gate_pairs`` must reach
+    this, or the run stops (round_000/judge_gate says what it scored); None: no gate."""
+    gate_pairs: list[str] = ["embedded:tiny-preferences"]
+    """The gate's preference set: JSONL/parquet ``prompt``/``chosen``/``rejected`` rows, or embedded:<name>
+    (alma_ray.judge.preferences)."""
 
     @property
     def members(self) -> list[JudgeMember]:
@@ -232,6 +256,13 @@ class JudgeConfig(_Section):
 
 class TrainConfig(_Section):
     """SFT with Ray Train + DeepSpeed ZeRO; ALMA trains from the base model on D_1..D_r."""
+
+    objective: Literal["sft", "dpo"] = "sft"
+    """What rounds r >= 2 train: SFT from the base on D_1..D_r (ALMA), or DPO from round 1's first model (M1a) on
+    the preference pairs of rounds 2..r (ALMA's DPO variant); round 1 is always SFT."""
+    dpo_rejected: Literal["random", "worst"] = "random"
+    """DPO pairs per prompt: the best response against a random other valid one (ALMA's best variant) or the
+    worst."""
 
     init: Literal["base", "latest"] = "base"
     """Each round trains from the base model on D_1..D_r (ALMA), or from the previous round's model ("latest")."""
@@ -263,6 +294,14 @@ class TrainConfig(_Section):
     """DPO's frozen reference log-probs: computed in each training step by a reference model on every worker
     ("online"), or once per run in a Ray Data pass before training ("precomputed"; frees the workers' memory
     of the reference model). docs/training.md has the measurement behind the default."""
+
+
+class EvalConfig(_Section):
+    """Every round's model (and the base in round 0) answers the held-out prompts (``synthesis.heldout``); the
+    run's judge and ``judges`` score the answers; the round records mean score, win rates and length."""
+
+    judges: list[JudgeMember] = []
+    """Evaluation judges besides the run's (one that did not select the data is the honest one)."""
 
 
 class EngineConfig(_Section):
@@ -309,7 +348,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _one_segment(self) -> RunConfig:
         if self.name in (".", ".."):
-            raise ValueError(f"name={self.name!r} is not a run directory under output_dir: give a name")
+            raise ValueError(f"'name' = {self.name!r} is not a run directory under output_dir: give a name")
         return self
 
     @property
@@ -348,9 +387,9 @@ class AlmaConfig(RunConfig):
     DIGEST_EXCLUDE: ClassVar[dict[str, Any]] = {
         **RunConfig.DIGEST_EXCLUDE, "rounds": True,
         "judge": {"http_host": True, "http_port": True, "http_max_body_bytes": True, "http_max_pairs": True,
-                  "http_token_env": True}}
-    """Also out of the digest: ``rounds`` (a run extends: rounds=5 on a 3-round run runs rounds 4 and 5) and
-    where the judge listens."""
+                  "http_token_env": True, "min_accuracy": True}}
+    """Also out of the digest: ``rounds`` (a run extends: rounds=5 on a 3-round run runs rounds 4 and 5), where
+    the judge listens, and the gate's threshold (a judge below it can be let through by lowering it)."""
 
     recipe: Literal["alma"] = "alma"
     rounds: int = Field(default=1, ge=0)
@@ -359,6 +398,9 @@ class AlmaConfig(RunConfig):
     synthesis: SynthesisConfig = SynthesisConfig()
     generation: GenerationConfig
     judge: JudgeConfig
+    seed_sft: SeedSFTConfig | None = None
+    """Set: round 1 is seed SFT (ALMA); unset: round 1 samples from the checkpoints like every other round."""
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _round_one_models_exist(self) -> AlmaConfig:
@@ -367,6 +409,17 @@ class AlmaConfig(RunConfig):
             if c.model.startswith(ROUND_ONE) and c.model not in {f"{ROUND_ONE}{k}" for k in range(last + 1)}:
                 raise ValueError(f"checkpoint {c.name}: model {c.model!r} names no round-one model; use "
                                  f"{ROUND_ONE}0 .. {ROUND_ONE}{last} (train.round_one_seeds)")
+            if c.from_round == 1 and names_run_model(c.model):
+                raise ValueError(f"checkpoint {c.name}: from_round=1, but its model {c.model!r} is trained in "
+                                 "round 1; give from_round 2 or more")
+        first = 2 if self.seed_sft is not None else 1
+        for r in range(first, self.rounds + 1):
+            if not any(self.samples_in(c, r) for c in self.generation.checkpoints):
+                listed = ", ".join(f"{c.name}: model {c.model}, from_round {c.from_round}"
+                                   for c in self.generation.checkpoints)
+                fix = "round 1 is seed SFT" if first == 2 else "give a checkpoint with a fixed model, or set seed_sft"
+                raise ValueError(f"no checkpoint samples in round {r} (its model is trained later, or its "
+                                 f"from_round is later): {listed}; {fix}")
         return self
 
     @model_validator(mode="after")
@@ -377,6 +430,15 @@ class AlmaConfig(RunConfig):
                              "each round draws its prompts from that many distinct clusters; raise clusters or "
                              "leave it unset (= prompts_per_round)")
         return self
+
+    def samples_in(self, c: Checkpoint, r: int) -> bool:
+        """Whether checkpoint ``c`` samples in round ``r``: it has a model then and its ``from_round`` is reached
+        (round 1 samples nothing when it is seed SFT)."""
+        if r < (c.from_round or 1) or (r == 1 and self.seed_sft is not None):
+            return False
+        if c.model == LATEST or c.model.startswith(ROUND_ONE):
+            return r > 1
+        return True
 
     @property
     def clusters(self) -> int:
@@ -444,7 +506,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across keys: its message names them
+            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}': remove it or check its spelling")
         elif e["type"] == "missing":
             lines.append(f"  - missing key '{key}': it has no default, set it in the file or as {key}=...")

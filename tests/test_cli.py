@@ -45,6 +45,16 @@ def test_config_show_prints_the_config_and_the_plan(capsys: pytest.CaptureFixtur
     assert out.startswith("recipe: alma\n") and "alma plan:" in out and "prompts -> responses" in out
 
 
+def test_the_gpu_preset_shows_almas_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show", "--config", str(TINY.parent / "alma-8b.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "prompts_per_round: 50000" in out and "rounds: 10" in out and "Meta-Llama-3-8B\n" in out
+    assert "round 1      seed_sft -> sft (x2 seeds: M1a, M1b)" in out
+    assert "round 2      prompts -> responses [m1a x100, m1b x100]" in out
+    assert "rounds 3-10  prompts -> responses [m1a x67, m1b x67, latest x66]" in out
+    assert "judge_gate: real-valued accuracy >= 0.65" in out
+
+
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     """(overrides, what the message must say) for each kind of bad input file."""
     seeds = tmp / "seeds.jsonl"

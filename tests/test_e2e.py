@@ -56,7 +56,8 @@ def test_every_stage_writes_rows_with_lineage(tiny_run: tuple[Path, dict]) -> No
     assert rows["synthesis"] == 48 and 24 <= rows["pool"] <= 48
     assert rows["embeddings"] == rows["clusters"] == rows["pool"]
     assert {k: v for k, v in rows.items() if k not in ("synthesis", "pool", "embeddings", "clusters")} == {
-        "prompts": 8, "responses": 24, "scores": 24, "selected": 8, "sft": 8, "probe": 2}
+        "prompts": 8, "responses": 24, "scores": 24, "selected": 8, "sft": 8,
+        "probe": 4, "eval": 4, "eval_summary": 2}  # the base model (round 0) and round 1's model, on 2 prompts
     r1 = run_dir / "round_001"
     responses = pq.read_table(r1 / "responses").to_pandas()
     # weights 2:1 over n=3 -> 2 samples from tiny-a, 1 from tiny-b, for every prompt
@@ -87,7 +88,7 @@ def test_rerun_skips_every_stage(tiny_run: tuple[Path, dict], ray_address: str) 
     run_dir, first = tiny_run
     summary, stdout = _run(run_dir.parent, ray_address)
     assert summary["rows"] == first["rows"]
-    assert len(summary["skipped"]) == 10 and summary["wall_s"] == {}
+    assert len(summary["skipped"]) == 15 and summary["wall_s"] == {}
     assert "skipped (done)" in stdout
 
 
@@ -216,7 +217,7 @@ def test_a_driver_killed_mid_stage_resumes_to_the_uninterrupted_run(
     assert "round_001/responses" in summary["skipped"] and "round_001/sft" not in summary["skipped"]
     for stage in ["round_000/synthesis", "round_000/pool", "round_000/embeddings", "round_000/clusters/data",
                   "round_001/prompts", "round_001/responses", "round_001/scores", "round_001/selected",
-                  "round_001/probe"]:
+                  "round_000/probe", "round_001/probe"]:
         ours, theirs = _rows(run_dir / stage), _rows(ref_dir / stage)
         assert list(ours.columns) == list(theirs.columns), stage
         for column in ours.columns:
@@ -238,6 +239,6 @@ def test_a_driver_killed_mid_stage_resumes_to_the_uninterrupted_run(
     # the run extends: rounds=2 runs round 2 only, rounds 0-1 untouched, no prompt drawn twice
     extended, _ = _run(tmp_path, ray_address, "rounds=2")
     assert all(s.startswith(("round_000/", "round_001/")) for s in extended["skipped"])
-    assert len(extended["skipped"]) == 10 and (run_dir / "round_002" / "sft" / "_MANIFEST.json").exists()
+    assert len(extended["skipped"]) == 15 and (run_dir / "round_002" / "sft" / "_MANIFEST.json").exists()
     drawn = [_rows(run_dir / f"round_00{r}/prompts").prompt_id for r in (1, 2)]
     assert not set(drawn[0]) & set(drawn[1])

@@ -146,6 +146,12 @@ def write_rows(ds: Dataset, out: Path, tally: Tally | None = None, *, max_rows_p
     return int(result.num_rows), [t for t in result.write_returns if t is not None]
 
 
+def write_pylist(rows: list[dict[str, Any]], out: Path) -> None:
+    """A small list of rows (collected by design: annotations, accuracy tables) as one parquet file."""
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "part-0.parquet")
+
+
 SMALL_ROWS = 200_000
 """Inputs up to this many rows take the small path: one task sees them all (pandas), no hash shuffle."""
 

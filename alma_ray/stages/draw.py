@@ -35,10 +35,11 @@ def _rank(values: pd.Series, salt: str) -> np.ndarray:
                      for v in values], dtype=np.int64)
 
 
-def ledger(store: RunStore, round_index: int) -> list[str]:
-    """The committed ``prompts`` stages of the rounds before ``round_index`` (none in round 1)."""
+def ledger(store: RunStore, round_index: int, first: int = 1) -> list[str]:
+    """The committed ``prompts`` stages of the rounds ``first`` .. ``round_index`` - 1 (``first``: the first round
+    that draws prompts; 2 when round 1 is seed SFT)."""
     dirs = []
-    for r in range(1, round_index):
+    for r in range(first, round_index):
         if store.manifest(r, "prompts") is None:
             raise StoreError(f"round {r} has no committed prompts, so round {round_index} cannot know which "
                              f"prompts are used; run the rounds in order (delete {store.path(round_index, '')})")

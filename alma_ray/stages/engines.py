@@ -34,6 +34,20 @@ def judge_app_name(run_dir: Any) -> str:
     """The Serve application name of a run's judge: the run's name and a hash of its directory."""
     return f"{APP}-{run_dir.name}-{text_digest(str(run_dir))[:6]}"
 
+DATA_CPUS = 1.0
+"""CPUs a training's Ray Data tasks (reading and tokenizing its examples) need beside its workers."""
+
+
+def _free_cpus(need: float, wait_s: float = 15.0) -> float:
+    """The cluster's free CPUs, waiting up to ``wait_s`` for actors just given back to release theirs."""
+    deadline = time.time() + wait_s
+    while True:
+        free = float(ray.available_resources().get("CPU", 0.0))
+        if free >= need or time.time() > deadline:
+            return free
+        time.sleep(0.5)
+
+
 TOO_LONG = "prompt_too_long"
 """The finish reason of a prompt that left no room for ``max_tokens`` (``generation.too_long: skip``)."""
 
@@ -210,9 +224,25 @@ class Engines:
             self.stop_judge(panel)
 
     def before_training(self) -> None:
-        """On GPU, give back every engine (training needs the devices); on CPU keep them for later stages."""
+        """On GPU, give back every engine (training needs the devices). On CPU keep them for later stages while
+        the cluster has the CPUs training needs beside them (its workers and one for its Ray Data tasks); else give
+        back sampling engines, then judge apps, until it has (a kept engine would starve the training's data)."""
         if self.resources.use_gpu:
             self.keep_only(())
+            return
+        res = self.resources
+        need = res.train_workers * res.cpus_per_train_worker + DATA_CPUS
+        held = [("pool", m) for m in self.pools] + [("app", p) for p in self.apps]
+        free = _free_cpus(need, wait_s=0)
+        while held and free < need:
+            kind, what = held.pop(0)
+            if kind == "pool":
+                self.release(what)  # type: ignore[arg-type]
+            else:
+                self.stop_judge(what)  # type: ignore[arg-type]
+            self.log(f"engines: gave back {what if kind == 'pool' else self.app + ' judge app'} for training "
+                     f"(it needs {need:g} CPUs beside the engines; {free:g} were free)")
+            free = _free_cpus(need)
 
     def close(self) -> None:
         self.keep_only(())

@@ -3,6 +3,8 @@
 - ``Annotations``: (prompt, response, score) rows, split by question into train and held-out.
 - ``HeldoutAccuracy``: pairwise accuracy on the held-out preference pairs of several judges side by side,
   integer (the most likely rating) and real-valued (sum p(s) s), in one Serve app with all of them as members.
+- ``JudgeGate``: the run's judge on a preference set made another way (``alma_ray.judge.preferences``): what the
+  gate (``judge.min_accuracy``) compares.
 
 ``distill_rows`` turns the fine-tuned judge's scores of the distill pairs into self-distillation targets.
 """
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
@@ -29,16 +30,10 @@ from alma_ray.judge.annotations import (
     split_by_question,
 )
 from alma_ray.judge.serve import Panel, score_dataset
-from alma_ray.stages.base import Stage
+from alma_ray.stages.base import Stage, write_pylist
 from alma_ray.stages.engines import Engines
-from alma_ray.store import StageOutput, file_digest
+from alma_ray.store import StageOutput, file_digest, text_digest
 from alma_ray.train.data import one_hot_ratings
-
-
-def write_pylist(rows: list[dict[str, Any]], out: Path) -> None:
-    """A small list of rows (collected by design: annotations, accuracy tables) as one parquet file."""
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out / "part-0.parquet")
 
 
 @dataclass
@@ -87,26 +82,60 @@ class HeldoutAccuracy(Stage):
 def heldout_accuracy(panel: Panel, held_rows: list[dict[str, Any]], engines: Engines) -> list[dict[str, Any]]:
     """Pairwise accuracy on the held-out preference pairs of every judge of ``panel``, integer and real-valued
     (the panel's app is given back afterwards)."""
-    pairs = preference_pairs(held_rows)
+    return pairs_accuracy(panel, preference_pairs(held_rows), engines, keep=False)
+
+
+def pairs_accuracy(panel: Panel, pairs: list[dict[str, Any]], engines: Engines, *, keep: bool,
+                   ensemble: bool = False) -> list[dict[str, Any]]:
+    """Pairwise accuracy on (prompt, chosen, rejected) ``pairs`` of every judge of ``panel``, integer and
+    real-valued, and of the panel's weighted score (``ensemble``: judge ``panel``). ``keep``: leave the panel's
+    app up (the run's judge), else give it back."""
     texts = sorted({(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")})
-    try:  # held-out pairs only: small enough to collect
+    try:  # preference sets are small enough to collect
         scored = score_dataset(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
                                batch_size=panel.max_batch_size, resources=engines.resources,
                                app=engines.judge_app(panel)).take_all()
     finally:
-        engines.stop_judge(panel)
+        if not keep:
+            engines.stop_judge(panel)
     lookup = {(r["prompt"], r["response"]): r for r in scored}
+    columns = [(j.name, kind, key) for j in panel.judges
+               for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores"))]
+    if ensemble:
+        columns.append(("panel", "real-valued", "score"))
     rows = []
-    for member in (j.name for j in panel.judges):
-        for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores")):
-            def value(prompt: str, response: str, member: str = member, key: str = key) -> float:
-                v = float(lookup[(prompt, response)][key][member])
-                return float("nan") if (key == "member_score_ints" and v < 0) else v
+    for member, kind, key in columns:
+        def value(prompt: str, response: str, member: str = member, key: str = key) -> float:
+            row = lookup[(prompt, response)]
+            v = float(row["score"] if key == "score" else row[key][member])
+            return float("nan") if (key == "member_score_ints" and v < 0) else v
 
-            acc = pairwise_accuracy(np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
-                                    np.array([value(p["prompt"], p["rejected"]) for p in pairs]))
-            rows.append({"judge": member, "scores": kind, **acc.row()})
+        acc = pairwise_accuracy(np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
+                                np.array([value(p["prompt"], p["rejected"]) for p in pairs]))
+        rows.append({"judge": member, "scores": kind, **acc.row()})
     return rows
+
+
+@dataclass
+class JudgeGate(Stage):
+    """The judge gate's measurement: the run's judge (``panel``, kept up) on a preference set, per member and
+    for the panel's score; the recipe compares the panel's real-valued accuracy with ``judge.min_accuracy``."""
+
+    panel: Panel
+    pairs: list[dict[str, Any]]
+    engines: Engines
+    set_name: str
+    name: str = "judge_gate"
+
+    def sources(self) -> dict[str, str]:
+        return {"pairs": text_digest(self.pairs)}
+
+    def write(self, data: Any, out: Path) -> StageOutput:
+        table = pairs_accuracy(self.panel, self.pairs, self.engines, keep=True, ensemble=True)
+        write_pylist(table, out)
+        panel = next(r for r in table if r["judge"] == "panel")
+        return self.counted(len(table), table=table, accuracy=panel["accuracy"], pairs=len(self.pairs),
+                            unscored=panel["unscored"], judge=self.panel.name, preference_set=self.set_name)
 
 
 def distill_rows(scores: Path, target: str) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Best-of-N selection: per prompt, keep the response the judge scored highest (ALMA's D_r)."""
+"""Selection from a round's scored responses: best-of-N per prompt (ALMA's D_r, ``SelectBest``), or a DPO pair per
+prompt, the best against a random other or the worst (ALMA's DPO variant, ``SelectPairs``)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,40 @@ import pandas as pd
 import pyarrow.compute as pc
 from ray.data import Dataset
 
+from alma_ray.ids import stable_seed
 from alma_ray.stages.base import SMALL_ROWS, Stage, shuffle_partitions
 
 
+def _ranked(group: pd.DataFrame) -> pd.DataFrame:
+    # Highest score first; ties go to the lowest (checkpoint, sample_index), so reruns pick the same row.
+    return group.sort_values(["score", "checkpoint", "sample_index"], ascending=[False, True, True])
+
+
 def _best(group: pd.DataFrame) -> pd.DataFrame:
-    # Highest score wins; ties go to the lowest (checkpoint, sample_index), so reruns pick the same row.
-    ranked = group.sort_values(["score", "checkpoint", "sample_index"], ascending=[False, True, True])
-    best = ranked.head(1).copy()
+    best = _ranked(group).head(1).copy()
     best["n_candidates"] = len(group)
     best["mean_score"] = float(group["score"].mean())
     return best
 
 
-def _best_of_each(rows: pd.DataFrame) -> pd.DataFrame:
-    """Every prompt's best row, in prompt_id order (the order the shuffle path writes them: training reads it)."""
-    return pd.concat([_best(group) for _, group in rows.groupby("prompt_id", sort=True)]) if len(rows) else rows
-
-
 def select_best(scored: Dataset, *, expected_rows: int) -> Dataset:
-    """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score.
+    """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score."""
+    return per_prompt(scored, _best, expected_rows=expected_rows)
+
+
+def per_prompt(scored: Dataset, pick: Any, *, expected_rows: int, **kwargs: Any) -> Dataset:
+    """``pick(group, **kwargs)`` of every prompt's valid (unflagged) rows, in prompt_id order.
 
     Up to ``SMALL_ROWS`` rows one task groups them all; beyond, a hash shuffle by prompt."""
     valid = scored.filter(expr="judge_flag == ''")
     if expected_rows <= SMALL_ROWS:
-        return valid.map_batches(_best_of_each, batch_format="pandas", batch_size=max(1, expected_rows))
+        def each(rows: pd.DataFrame) -> pd.DataFrame:
+            picked = [pick(g, **kwargs) for _, g in rows.groupby("prompt_id", sort=True)] if len(rows) else []
+            return pd.concat(picked) if picked else rows.head(0).pipe(lambda df: pick(df, **kwargs))
+
+        return valid.map_batches(each, batch_format="pandas", batch_size=max(1, expected_rows))
     return valid.groupby("prompt_id", num_partitions=shuffle_partitions(expected_rows)).map_groups(
-        _best, batch_format="pandas")
+        pick, batch_format="pandas", fn_kwargs=kwargs)
 
 
 def best_tally(table: Any) -> tuple[float, float]:
@@ -58,3 +67,62 @@ class SelectBest(Stage):
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         return {"mean_best": sum(t[0] for t in tallies) / rows, "mean_all": sum(t[1] for t in tallies) / rows}
+
+
+PAIR_LINEAGE = ("checkpoint", "sample_index", "seed", "score")
+
+
+def _pair(group: pd.DataFrame, rejected: str, salt: str) -> pd.DataFrame:
+    """The prompt's DPO pair: its best response (chosen) against a random other (``rejected='random'``, drawn by a
+    seed from the prompt, so a rerun draws the same) or the worst; none when fewer than two are valid."""
+    ranked = _ranked(group)
+    if len(ranked) < 2:
+        return pd.DataFrame({c: [] for c in _pair_columns(group)})
+    best = ranked.iloc[0]
+    others = ranked.iloc[1:]
+    if rejected == "worst":
+        other = others.iloc[-1]
+    else:
+        other = others.iloc[stable_seed(salt, str(best["prompt_id"])) % len(others)]
+    row = {k: best[k] for k in ("round", "prompt_id", "cluster_id", "prompt", "judge", "judge_version")
+           if k in group.columns}
+    row.update(chosen=best["response"], rejected=other["response"], n_candidates=len(group),
+               mean_score=float(group["score"].mean()), rejected_by=rejected)
+    for side, r in (("chosen", best), ("rejected", other)):
+        row.update({f"{side}_{k}": r[k] for k in PAIR_LINEAGE if k in group.columns})
+    return pd.DataFrame([row])
+
+
+def _pair_columns(group: pd.DataFrame) -> list[str]:
+    base = [k for k in ("round", "prompt_id", "cluster_id", "prompt", "judge", "judge_version") if k in group.columns]
+    lineage = [f"{side}_{k}" for side in ("chosen", "rejected") for k in PAIR_LINEAGE if k in group.columns]
+    return [*base, "chosen", "rejected", "n_candidates", "mean_score", "rejected_by", *lineage]
+
+
+def pair_tally(table: Any) -> tuple[float, float]:
+    """(sum of the chosen scores, sum of the rejected scores) of a write task."""
+    return (float(pc.sum(table.column("chosen_score")).as_py() or 0.0),
+            float(pc.sum(table.column("rejected_score")).as_py() or 0.0))
+
+
+@dataclass
+class SelectPairs(Stage):
+    """ALMA's DPO variant: per prompt, TRL's ``prompt``/``chosen``/``rejected`` with both sides' checkpoint, sample,
+    seed and score as lineage. Prompts with fewer than two valid responses give no pair (counted)."""
+
+    scored_rows: int
+    rejected: str
+    salt: str
+    prompts: int
+    name: str = "pairs"
+    needs: tuple[str, ...] = ("prompt_id", "prompt", "response", "score", "judge_flag", "checkpoint", "sample_index")
+    empty_hint: str = "no prompt has two valid responses: raise generation.n, or see the scores' judge_flag"
+    tally = staticmethod(pair_tally)
+
+    def transform(self, data: Dataset | None) -> Dataset:
+        assert data is not None
+        return per_prompt(data, _pair, expected_rows=self.scored_rows, rejected=self.rejected, salt=self.salt)
+
+    def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
+        return {"mean_chosen": sum(t[0] for t in tallies) / rows, "mean_rejected": sum(t[1] for t in tallies) / rows,
+                "prompts_without_pair": self.prompts - rows, "rejected_by": self.rejected}

@@ -40,3 +40,21 @@ def test_best_of_n_per_prompt(path: str, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_shuffle_partitions_grow_with_rows_but_stay_bounded() -> None:
     assert shuffle_partitions(10) == 1 and shuffle_partitions(2_000_000) == 10
     assert shuffle_partitions(10**12) == 1024
+
+
+def test_dpo_pairs_are_the_best_against_a_random_other_or_the_worst() -> None:
+    import pandas as pd
+
+    from alma_ray.stages.select import _pair
+
+    group = pd.DataFrame({"round": 2, "prompt_id": "p", "cluster_id": 0, "prompt": "q", "judge": "j",
+                          "judge_version": "v1", "checkpoint": ["a", "a", "b", "b"], "sample_index": [0, 1, 0, 1],
+                          "seed": [1, 2, 3, 4], "response": ["r0", "r1", "r2", "r3"], "score": [5.0, 9.0, 9.0, 1.0]})
+    worst = _pair(group, "worst", "s").iloc[0]
+    # ties at the top go to the lowest (checkpoint, sample_index): a/1
+    assert (worst.chosen, worst.rejected, worst.chosen_checkpoint, worst.chosen_sample_index) == ("r1", "r3", "a", 1)
+    assert (worst.chosen_score, worst.rejected_score, worst.n_candidates, worst.mean_score) == (9.0, 1.0, 4, 6.0)
+    drawn = {_pair(group, "random", salt).iloc[0].rejected for salt in map(str, range(40))}
+    assert drawn == {"r0", "r2", "r3"}  # any other response, never the chosen one
+    assert _pair(group, "random", "7").equals(_pair(group, "random", "7"))  # a rerun draws the same
+    assert _pair(group.head(1), "random", "s").empty  # one valid response: no pair

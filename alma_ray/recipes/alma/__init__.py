@@ -1,6 +1,8 @@
-"""ALMA. Round 0 builds the judge (when judge.build is set: ``judge``) and the prompt pool (few-shot synthesis,
-dedup, embeddings, k-means: ``pool``). Then each round: draw K prompts from K clusters -> sample N responses from
-the checkpoint mix -> judge -> best-of-N -> SFT the base model on D_1..D_r -> probe the new checkpoint.
+"""ALMA. Round 0 builds the judge (when judge.build is set: ``judge``), gates it (``judge.min_accuracy``), builds
+the prompt pool (few-shot synthesis, dedup, embeddings, k-means: ``pool``) and evaluates the base model. Round 1 is
+seed SFT when ``seed_sft`` is set (M1a, M1b); every other round: draw K prompts from K clusters -> sample N
+responses from the round's checkpoint mix -> judge -> best-of-N -> SFT the base model on D_1..D_r (or DPO pairs ->
+DPO from M1a) -> evaluate the new model on the held-out prompts.
 
 Every stage is committed to the run directory (alma_ray.store) and skipped when a rerun finds it done.
 """
@@ -12,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig, names_run_model
+from alma_ray.errors import AlmaError
 from alma_ray.ids import prompt_id
 from alma_ray.judge.annotations import DEMO, accuracy_table, load_annotations
+from alma_ray.judge.preferences import load_preferences
 from alma_ray.judge.serve import Panel, ServedJudge
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import Plan
@@ -22,14 +26,18 @@ from alma_ray.recipes.alma.judge import build_judge
 from alma_ray.recipes.alma.plan import plan
 from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw
 from alma_ray.recipes.base import Log, Run, RunSummary
+from alma_ray.seed_sft import load_seed_sft
 from alma_ray.seeds import heldout_and_pool, load_seeds
 from alma_ray.stages.engines import Engines, judge_app_name
+from alma_ray.stages.evaluate import EvalSummary
 from alma_ray.stages.generate import Sample, Share, mix
+from alma_ray.stages.judge_build import JudgeGate
 from alma_ray.stages.score import Score
-from alma_ray.stages.select import SelectBest
+from alma_ray.stages.seed_sft import SeedRows
+from alma_ray.stages.select import SelectBest, SelectPairs
 from alma_ray.stages.train import Train
-from alma_ray.store import MANIFEST, RunStore, StoreError
-from alma_ray.train.objectives import SFT
+from alma_ray.store import MANIFEST, RunStore, StageResult, StoreError
+from alma_ray.train.objectives import DPO, SFT
 
 
 def round_model(model: str, *, latest: str | None, round_one: list[str]) -> str | None:
@@ -49,21 +57,49 @@ def held_rounds(run_dir: Path) -> int:
     return max([r for r in rounds if r >= 1], default=0)
 
 
+class JudgeGateError(AlmaError):
+    """The run's judge is below ``judge.min_accuracy`` on the gate's preference set."""
+
+
 @dataclass
 class Trained:
-    """What the rounds so far have produced: D_1..D_r and the models (ALMA's M1a, M1b, and the latest)."""
+    """What the rounds so far have produced: D_1..D_r (or the DPO pairs), the models (ALMA's M1a, M1b, and the
+    latest) and each round's evaluation stages."""
 
     selected: list[str] = field(default_factory=list)
+    pairs: list[str] = field(default_factory=list)
     latest: str | None = None
     round_one: list[str] = field(default_factory=list)
+    evals: dict[int, tuple[Path, Path | None]] = field(default_factory=dict)
+    seed: list[StageResult] = field(default_factory=list)
+    """Round 1's seed SFT stage, when later rounds train on it too (an input of their training)."""
 
-    def models(self, config: AlmaConfig, fixed: dict[str, str]) -> dict[str, str]:
-        """Checkpoint name -> folder for this round's mix: the fixed models and those this run has trained."""
-        out = dict(fixed)
+    def models(self, config: AlmaConfig, fixed: dict[str, str], r: int) -> dict[str, str]:
+        """Checkpoint name -> folder for round ``r``'s mix: the fixed models and those this run has trained, each
+        from its ``from_round``."""
+        out = {}
         for c in config.generation.checkpoints:
-            if (folder := round_model(c.model, latest=self.latest, round_one=self.round_one)) is not None:
-                out[c.name] = folder
+            if not config.samples_in(c, r):
+                continue
+            folder = fixed.get(c.name) or round_model(c.model, latest=self.latest, round_one=self.round_one)
+            if folder is None:
+                raise AlmaError(f"checkpoint {c.name} (model {c.model}) has no model in round {r}")
+            out[c.name] = folder
         return out
+
+
+def gate(result: StageResult, min_accuracy: float | None) -> None:
+    """Stop the run when the judge's real-valued accuracy on the gate's set is below ``min_accuracy``."""
+    s = result.manifest.stats
+    if min_accuracy is not None and not s["accuracy"] >= min_accuracy:
+        unscored = f" ({s['unscored']} it could not score: too long for engine.max_model_len?)" \
+            if s.get("unscored") else ""
+        raise JudgeGateError(
+            f"judge gate: {s['judge']} ordered {s['accuracy']:.3f} of {s['pairs']} preference pairs right{unscored} "
+            f"(real-valued scores, ties count as wrong) on {s['preference_set']}, below judge.min_accuracy="
+            f"{min_accuracy}; per judge: {result.path}. Build a better judge (judge.build: more or better "
+            f"annotations, more epochs), give another judge.model, or lower judge.min_accuracy (it is not part of "
+            f"the run's digest: the same run directory continues)")
 
 
 class ALMARecipe:
@@ -82,10 +118,14 @@ class ALMARecipe:
                              f"only extends; give rounds={held} or more, or another name=...")
         seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
                            max_chars=config.synthesis.max_seed_chars)
-        heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
+        heldout, _ = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
         build = config.judge.build
         if build is not None and build.annotations != DEMO:
             load_annotations(build.annotations)
+        if config.seed_sft is not None:
+            load_seed_sft(config.seed_sft, heldout=heldout)
+        if config.judge.min_accuracy is not None:
+            load_preferences(config.judge.gate_pairs)
 
     def run(self, config: AlmaConfig, store: RunStore, log: Log = print) -> RunSummary:
         started = time.time()
@@ -107,49 +147,103 @@ class ALMARecipe:
                                                 label=f"round_000/{built.stage}")
                 log("judge accuracy on held-out preference pairs:\n" + accuracy_table(built.table))
             panel = Panel.of(config.judge, list(judges.values()))
+            if config.judge.min_accuracy is not None:  # before the judge selects any data
+                pairs = load_preferences(config.judge.gate_pairs)
+                gated = run.stage(0, JudgeGate(panel, pairs, engines, ", ".join(config.judge.gate_pairs)))
+                log("judge gate:\n" + accuracy_table(gated.manifest.stats["table"]))
+                gate(gated, config.judge.min_accuracy)
             fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
                      if not names_run_model(c.model)}
             pool = build_pool(config, run, engines, base=base, seeds=fewshot, heldout=heldout,
                               sampled_later=set(fixed.values()), seed_bad_lines=seeds.skipped_bad_lines)
-            log(f"[round 0] report -> {report.write_round(store.path(0, ''))}")
             trained = Trained()
+            if heldout:  # the base model's answers: what round 1 is compared with
+                self.evaluate(config, run, engines, 0, model=base, label="base", panel=panel, heldout=heldout,
+                              trained=trained, after=[])
+            log(f"[round 0] report -> {report.write_round(store.path(0, ''))}")
             for r in range(1, config.rounds + 1):
                 self.round(config, run, engines, r, pool=pool, panel=panel, base=base, fixed=fixed,
                            trained=trained, heldout=heldout)
-                log(f"[round {r}] report -> {report.write_round(store.path(r, ''))}")
+                log(f"[round {r}] report -> {report.write_round(store.path(r, ''))}, "
+                    f"{report.write_rounds(store.run_dir)}")
         run.summary.wall_s = time.time() - started
         return run.summary
 
     def round(self, config: AlmaConfig, run: Run, engines: Engines, r: int, *, pool: PromptPool, panel: Panel,
               base: str, fixed: dict[str, str], trained: Trained, heldout: list[str]) -> None:
-        """One round: draw -> generate -> score -> select -> train -> probe."""
+        """One round: seed SFT (round 1, when set), or draw -> generate -> score -> select -> train; then
+        evaluate."""
         gen, train = config.generation, config.train
-        shares = mix(gen, trained.models(config, fixed))
-        engines.keep_only({s.model for s in shares}, [panel])  # what this round samples and the fixed judge
-        prompts = draw(config, run, r, pool)
-        responses = run.stage(r, Sample(
-            "responses", shares, engines, seed_salt=f"{config.seed}:{r}:responses",
-            completion_template=gen.completion_template, too_long=gen.too_long,
-            pool_size=config.resources.engines_per_checkpoint, prompt_rows=prompts.manifest.rows), read=prompts)
-        scores = run.stage(r, Score(panel, engines, rows=responses.manifest.rows), read=responses)
-        selected = run.stage(r, SelectBest(scored_rows=scores.manifest.rows), read=scores)
-        trained.selected.append(str(selected.path))
+        if r == 1 and config.seed_sft is not None:
+            engines.keep_only(set(), [panel])
+            data = run.stage(r, SeedRows(config.seed_sft, heldout))
+            if config.seed_sft.in_later_rounds:
+                trained.selected.append(str(data.path))
+                trained.seed = [data]
+            examples, inputs = [str(data.path)], [data]
+        else:
+            shares = mix(gen, trained.models(config, fixed, r))
+            engines.keep_only({s.model for s in shares}, [panel])  # what this round samples and the fixed judge
+            prompts = draw(config, run, r, pool)
+            responses = run.stage(r, Sample(
+                "responses", shares, engines, seed_salt=f"{config.seed}:{r}:responses",
+                completion_template=gen.completion_template, too_long=gen.too_long,
+                pool_size=config.resources.engines_per_checkpoint, prompt_rows=prompts.manifest.rows), read=prompts)
+            scores = run.stage(r, Score(panel, engines, rows=responses.manifest.rows), read=responses)
+            if train.objective == "dpo" and r > 1:  # ALMA's DPO variant: from M1a on the pairs of rounds 2..r
+                done = run.stage(r, SelectPairs(scores.manifest.rows, train.dpo_rejected, f"{config.seed}:{r}:pairs",
+                                                prompts=prompts.manifest.rows), read=scores)
+                trained.pairs.append(str(done.path))
+                engines.before_training()
+                dpo = run.stage(r, Train("dpo", DPO.of(train, completion_template=gen.completion_template), train,
+                                         config.resources, model=trained.round_one[0], seed=train.seed,
+                                         examples=list(trained.pairs)), after=[done])
+                trained.latest = str(dpo.path)
+                self.evaluate(config, run, engines, r, model=trained.latest, label=f"round_{r:03d}/dpo",
+                              panel=panel, heldout=heldout, trained=trained, after=[dpo])
+                return
+            done = run.stage(r, SelectBest(scored_rows=scores.manifest.rows), read=scores)
+            trained.selected.append(str(done.path))
+            examples = list(trained.selected)
+            inputs = [done, *trained.seed]
         init = base if train.init == "base" or trained.latest is None else trained.latest
         engines.before_training()
         sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train,
-                                  config.resources, model=init, seed=train.seed + k,
-                                  examples=list(trained.selected)), after=[selected])
+                                  config.resources, model=init, seed=train.seed + k, examples=examples),
+                         after=inputs)
                for k in range(train.round_one_seeds if r == 1 else 1)]
         trained.latest = str(sft[0].path)
         if r == 1:
             trained.round_one = [str(s.path) for s in sft]
-        if heldout:
-            probe = Share(f"round_{r:03d}/sft", trained.latest, 1, dict(
-                temperature=gen.probe_temperature, max_tokens=gen.max_tokens, stop=gen.stop or None))
-            run.stage(r, Sample("probe", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
-                                completion_template=gen.completion_template, too_long=gen.too_long,
-                                prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p} for p in heldout]),
-                      after=[sft[0]])
+        self.evaluate(config, run, engines, r, model=trained.latest, label=f"round_{r:03d}/sft", panel=panel,
+                      heldout=heldout, trained=trained, after=[sft[0]])
+
+    def evaluate(self, config: AlmaConfig, run: Run, engines: Engines, r: int, *, model: str, label: str,
+                 panel: Panel, heldout: list[str], trained: Trained, after: list[StageResult]) -> None:
+        """Round ``r``'s model answers the held-out prompts (``probe``); the run's judge (and ``eval.judges``)
+        scores the answers; ``eval_summary`` compares them with the previous round's and M1a's."""
+        if not heldout:
+            return
+        gen = config.generation
+        sampling = dict(temperature=gen.probe_temperature, max_tokens=gen.max_tokens, stop=gen.stop or None)
+        if gen.probe_min_tokens:
+            sampling["min_tokens"] = gen.probe_min_tokens
+        probe = Share(label, model, 1, sampling)
+        answers = run.stage(r, Sample("probe", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
+                                      completion_template=gen.completion_template, too_long=gen.too_long,
+                                      prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p}
+                                               for p in heldout]), after=after)
+        scored = run.stage(r, Score(panel, engines, rows=answers.manifest.rows, name="eval"), read=answers)
+        by_judges = None
+        if config.eval.judges:
+            judges = Panel.of(config.judge, [ServedJudge(j.name, resolve_model(j.model), j.weight, j.chat_template,
+                                                         label=j.model) for j in config.eval.judges])
+            by_judges = run.stage(r, Score(judges, engines, keep=False, rows=answers.manifest.rows,
+                                           name="eval_judges"), read=answers)
+        this = (scored.path, by_judges.path if by_judges is not None else None)
+        run.stage(r, EvalSummary(this, trained.evals.get(r - 1), trained.evals.get(1) if r > 1 else None, r),
+                  after=[scored, *([by_judges] if by_judges is not None else [])])
+        trained.evals[r] = this
 
 
 ALMA = ALMARecipe()

@@ -9,19 +9,26 @@ from alma_ray.stages.generate import split_samples
 
 
 def mix_line(config: AlmaConfig, r: int) -> str:
-    """Round ``r``'s checkpoint mix, e.g. ``m1a x2, m1b x1`` (checkpoints without a model yet give way)."""
-    gen, seeds = config.generation, config.train.round_one_seeds
-
-    def present(model: str) -> bool:
-        if model == LATEST:
-            return r > 1
-        if model.startswith(ROUND_ONE):
-            return r > 1 and int(model[len(ROUND_ONE):]) < seeds
-        return True
-
-    here = [c for c in gen.checkpoints if present(c.model)]
-    shares = split_samples(gen.n, [c.weight for c in here]) if here else []
+    """Round ``r``'s checkpoint mix, e.g. ``m1a x2, m1b x1`` (checkpoints without a model yet, or before their
+    ``from_round``, give way)."""
+    here = [c for c in config.generation.checkpoints if config.samples_in(c, r)]
+    shares = split_samples(config.generation.n, [c.weight for c in here]) if here else []
     return ", ".join(f"{c.name} x{k}" for c, k in zip(here, shares) if k) or "(no checkpoint has a model)"
+
+
+def round_line(config: AlmaConfig, r: int) -> str:
+    """What round ``r`` runs, in one line."""
+    train = config.train
+    seeds = f" (x{train.round_one_seeds} seeds: M1a" + (", M1b" if train.round_one_seeds > 1 else "") + ")" \
+        if r == 1 and train.round_one_seeds > 1 else ""
+    evaluate = " -> probe -> eval" + (" + eval_judges" if config.eval.judges else "") + " -> eval_summary" \
+        if config.synthesis.heldout else ""
+    if r == 1 and config.seed_sft is not None:
+        return f"seed_sft -> sft{seeds}{evaluate}"
+    head = f"prompts -> responses [{mix_line(config, r)}] -> scores -> "
+    if train.objective == "dpo" and r > 1:
+        return head + f"pairs (best vs {train.dpo_rejected}) -> dpo (from M1a, on the pairs of rounds 2..r){evaluate}"
+    return head + f"selected -> sft{seeds}{evaluate}"
 
 
 def plan(config: AlmaConfig) -> Plan:
@@ -47,11 +54,16 @@ def plan(config: AlmaConfig) -> Plan:
         pools += [engine_pool("judge_eval", f"serve-judge:{name}", res.judge_engines, engine=eng, resources=res)
                   for name in evaluated]
         steps.append(("round 0", "judge build: " + " -> ".join([*built, "judge_eval"])))
+    if config.judge.min_accuracy is not None:
+        steps.append(("round 0", f"judge_gate: real-valued accuracy >= {config.judge.min_accuracy} on "
+                                 f"{', '.join(config.judge.gate_pairs)}, else stop"))
     if base_uses[0] == "synthesis":
         pools.append(engine_pool("synthesis", f"sampler:{config.base_model}", n, engine=eng, resources=res,
                                  lifetime=", ".join(base_uses) if len(base_uses) > 1 else ""))
     pools.append(engine_pool("embeddings", "base-embedder", n, engine=eng, resources=res, gpus=1.0))
-    steps.append(("round 0", "prompt pool: synthesis -> pool -> embeddings -> clusters"))
+    judges = " + eval_judges" if config.eval.judges else ""
+    base_eval = f" -> probe -> eval{judges} -> eval_summary (the base model)" if config.synthesis.heldout else ""
+    steps.append(("round 0", "prompt pool: synthesis -> pool -> embeddings -> clusters" + base_eval))
     for model in dict.fromkeys(m for m in models if m != config.base_model and m != LATEST):
         when = "rounds 2-" if model.startswith(ROUND_ONE) else "every round"
         pools.append(engine_pool("responses", f"sampler:{model}", n, engine=eng, resources=res,
@@ -62,10 +74,10 @@ def plan(config: AlmaConfig) -> Plan:
     pools.append(train_pool("sft", "sft-worker", res))
     pools.append(engine_pool("probe", "sampler:latest", 1, engine=eng, resources=res,
                              lifetime="probe, then the next round's responses" if LATEST in models else ""))
-    probe = " -> probe" if config.synthesis.heldout else ""
-    for r in range(1, min(config.rounds, 3) + 1):
-        seeds = f" (x{config.train.round_one_seeds} seeds)" if r == 1 and config.train.round_one_seeds > 1 else ""
-        when = f"round {r}" if r < 3 or config.rounds == 3 else f"rounds 3-{config.rounds}"
-        steps.append((when, f"prompts -> responses [{mix_line(config, r)}] -> scores -> selected -> "
-                            f"sft{seeds}{probe}"))
+    lines = [round_line(config, r) for r in range(1, config.rounds + 1)]
+    start = 1
+    for r in range(1, config.rounds + 1):  # consecutive rounds that run the same stages share a line
+        if r == config.rounds or lines[r] != lines[r - 1]:
+            steps.append((f"round {r}" if start == r else f"rounds {start}-{r}", lines[r - 1]))
+            start = r + 1
     return Plan("alma", tuple(pools), tuple(steps))

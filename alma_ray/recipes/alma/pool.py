@@ -53,9 +53,10 @@ def build_pool(config: AlmaConfig, run: Run, engines: Engines, *, base: str, see
 
 def draw(config: AlmaConfig, run: Run, round_index: int, pool: PromptPool) -> StageResult:
     """Run (or resume) round ``round_index``'s draw: K unused prompts from K distinct clusters."""
+    first = 2 if config.seed_sft is not None else 1  # the first round that draws (round 1 may be seed SFT)
     return run.stage(round_index, DrawPrompts(
         k=config.prompts_per_round, seed=config.seed, round_index=round_index,
-        used=ledger(run.store, round_index), pool=pool.clusters.data, embeddings=pool.embeddings.data,
+        used=ledger(run.store, round_index, first), pool=pool.clusters.data, embeddings=pool.embeddings.data,
         pool_rows=pool.clusters.manifest.rows,
         metric_sample=config.synthesis.clustering.metric_sample,
         partitions=shuffle_partitions(config.synthesis.num_requests)), read=pool.clusters)

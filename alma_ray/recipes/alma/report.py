@@ -1,15 +1,18 @@
 """ALMA's report sections. Round 0 shows how the prompt pool was made (filter yields, dedup, cluster sizes, pool
 diversity) and the judge's held-out accuracy table; a training round shows its draw (cluster draw vs a random draw
-of as many unused prompts), scores, selection and the SFT loss curve."""
+of as many unused prompts), scores, selection and the SFT loss curve, and every round its evaluation (the held-out
+prompts' scores by each judge, win rates, length). ``write_all`` also writes the run's table of rounds
+(``rounds.md``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from alma_ray.judge.annotations import accuracy_table
-from alma_ray.report import bar_plot, line_plot, score_plot, table, write_report
-from alma_ray.store import Manifest
+from alma_ray.report import bar_plot, line_plot, manifests, score_plot, table, write_report
+from alma_ray.store import Manifest, atomic_write_text
 
 
 def pool_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
@@ -38,6 +41,10 @@ def pool_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
                   f"![cluster sizes]({plot})", "", "Pool diversity (sample):", ""]
         d = s["diversity"]
         lines += table(list(d), [list(d.values())])
+    if "judge_gate" in ms:
+        g = ms["judge_gate"].stats
+        lines += ["## Judge gate", "", f"{g['judge']} on {g['preference_set']} ({g['pairs']} pairs): real-valued "
+                  f"accuracy {g['accuracy']:.3f}.", "", accuracy_table(g["table"]), ""]
     if "judge_eval" in ms:
         lines += ["## Judge: held-out pairwise accuracy", "", accuracy_table(ms["judge_eval"].stats["table"]), ""]
     if "distill_scores" in ms and (figure := score_plot(
@@ -73,6 +80,22 @@ def round_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
     if "scores" in ms and (figure := score_plot(round_dir / "scores", round_dir / "report_scores.png",
                                                      "judge scores of this round's responses")):
         lines += [f"![judge scores]({figure})", ""]
+    if "seed_sft" in ms:
+        s = ms["seed_sft"].stats
+        lines += ["## Seed SFT set (D_1)", ""] + table(["origin", "rows"], [[k, v] for k, v in s["origins"].items()])
+        lines += [f"Left out: {s['dropped_heldout']} held-out prompts, {s['dropped_duplicates']} duplicates, "
+                  f"{s['skipped_bad_lines']} bad lines.", ""]
+    if "pairs" in ms:
+        s = ms["pairs"].stats
+        lines += ["## DPO pairs", "", f"{ms['pairs'].rows} pairs (best vs {s['rejected_by']}): mean chosen score "
+                  f"{s['mean_chosen']:.3f}, rejected {s['mean_rejected']:.3f}; {s['prompts_without_pair']} prompts "
+                  "without two valid responses.", ""]
+    if "eval_summary" in ms:
+        rows = ms["eval_summary"].stats["table"]
+        lines += ["## Evaluation: held-out prompts", ""]
+        lines += table(["judge", "prompts", "mean score", "win rate vs previous", "win rate vs M1a", "mean tokens"],
+                       [[r["judge"], r["prompts"], r["mean_score"], r["win_rate_vs_previous"], r["win_rate_vs_m1a"],
+                         r["mean_tokens"]] for r in rows])
     metrics_file = round_dir / "sft" / "train_metrics.json"
     if metrics_file.is_file():
         losses = json.loads(metrics_file.read_text()).get("losses") or []
@@ -89,5 +112,33 @@ def write_round(round_dir: Path) -> Path:
 
 
 def write_all(run_dir: Path) -> list[Path]:
-    """Every round's report of a run directory."""
-    return [write_round(d) for d in sorted(Path(run_dir).glob("round_[0-9][0-9][0-9]"))]
+    """Every round's report of a run directory, and its table of rounds."""
+    return [*(write_round(d) for d in sorted(Path(run_dir).glob("round_[0-9][0-9][0-9]"))), write_rounds(run_dir)]
+
+
+def rounds_table(run_dir: Path) -> list[list[Any]]:
+    """One row per (round, evaluation judge): prompts, responses, mean best-of-N score, the held-out evaluation's
+    mean score, win rates vs the previous round and vs M1a, mean answer tokens."""
+    out = []
+    for d in sorted(Path(run_dir).glob("round_[0-9][0-9][0-9]")):
+        ms = manifests(d)
+        best = ms["selected"].stats.get("mean_best") if "selected" in ms else (
+            ms["pairs"].stats.get("mean_chosen") if "pairs" in ms else None)
+        head = [int(d.name[len("round_"):]), ms["prompts"].rows if "prompts" in ms else 0,
+                ms["responses"].rows if "responses" in ms else 0, best]
+        for r in (ms["eval_summary"].stats["table"] if "eval_summary" in ms else [{}]):
+            out.append([*head, r.get("judge"), r.get("mean_score"), r.get("win_rate_vs_previous"),
+                        r.get("win_rate_vs_m1a"), r.get("mean_tokens")])
+    return out
+
+
+ROUNDS_HEADER = ["round", "prompts", "responses", "mean best-of-N", "eval judge", "eval mean score",
+                 "win rate vs previous", "win rate vs M1a", "mean tokens"]
+
+
+def write_rounds(run_dir: Path) -> Path:
+    """``run_dir/rounds.md``: the table of rounds (``rounds_table``)."""
+    path = Path(run_dir) / "rounds.md"
+    lines = [f"# {Path(run_dir).name}: rounds", "", *table(ROUNDS_HEADER, rounds_table(run_dir)), ""]
+    atomic_write_text(path, "\n".join(lines))
+    return path

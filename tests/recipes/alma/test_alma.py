@@ -1,4 +1,5 @@
-"""Which model each generation checkpoint samples in a round (ALMA: M1a, M1b and the latest model)."""
+"""Which model each generation checkpoint samples in a round (ALMA: M1a, M1b and the latest model, each from its
+round), the mix checks, and the judge gate's verdict."""
 
 from __future__ import annotations
 
@@ -28,6 +29,54 @@ def test_a_rounds_mix_holds_the_fixed_models_and_those_trained_so_far() -> None:
         generation={"checkpoints": [{"name": "fixed", "model": "m"}, {"name": "m1b", "model": "round_one:1"},
                                     {"name": "new", "model": "latest"}]}))
     trained = Trained()
-    assert trained.models(config, {"fixed": "/m"}) == {"fixed": "/m"}  # round 1: nothing trained yet
+    assert trained.models(config, {"fixed": "/m"}, 1) == {"fixed": "/m"}  # round 1: nothing trained yet
     trained.latest, trained.round_one = "r2/sft", ["r1/sft", "r1/sft_seed1"]
-    assert trained.models(config, {"fixed": "/m"}) == {"fixed": "/m", "m1b": "r1/sft_seed1", "new": "r2/sft"}
+    assert trained.models(config, {"fixed": "/m"}, 3) == {"fixed": "/m", "m1b": "r1/sft_seed1", "new": "r2/sft"}
+
+
+ALMA_MIX = [{"name": "m1a", "model": "round_one:0"}, {"name": "m1b", "model": "round_one:1"},
+            {"name": "latest", "model": "latest", "from_round": 3}]
+
+
+def test_almas_mix_is_m1a_m1b_then_the_latest_from_round_three() -> None:
+    from alma_ray.recipes.alma.plan import mix_line, round_line
+
+    config = AlmaConfig.model_validate(dict(
+        base_model="m", judge={"model": "m"}, rounds=4, seed_sft={"sources": ["embedded:tiny-sft"]},
+        generation={"n": 6, "checkpoints": ALMA_MIX}))
+    assert round_line(config, 1).startswith("seed_sft -> sft (x2 seeds")  # round 1 samples nothing
+    assert mix_line(config, 2) == "m1a x3, m1b x3"
+    assert mix_line(config, 3) == mix_line(config, 4) == "m1a x2, m1b x2, latest x2"
+    trained = Trained(latest="r1/sft", round_one=["r1/sft", "r1/sft_seed1"])
+    assert trained.models(config, {}, 2) == {"m1a": "r1/sft", "m1b": "r1/sft_seed1"}
+    dpo = config.model_copy(update={"train": config.train.model_copy(update={"objective": "dpo"})})
+    assert "pairs (best vs random) -> dpo (from M1a, on the pairs of rounds 2..r)" in round_line(dpo, 3)
+
+
+@pytest.mark.parametrize("mix, error", [
+    ([{"name": "m1a", "model": "round_one:0"}], "no checkpoint samples in round 1"),  # no seed SFT: round 1 samples
+    ([{"name": "new", "model": "latest", "from_round": 1}], "from_round=1, but its model 'latest' is trained in"),
+    ([{"name": "m", "model": "m", "from_round": 3}], "no checkpoint samples in round 1"),
+])
+def test_a_mix_naming_a_checkpoint_without_a_model_in_a_round_is_refused(mix: list, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        AlmaConfig.model_validate(dict(base_model="m", judge={"model": "m"}, rounds=3,
+                                       generation={"checkpoints": mix}))
+
+
+def test_the_gate_stops_a_judge_below_min_accuracy_and_names_it() -> None:
+    from pathlib import Path
+
+    from alma_ray.recipes.alma import JudgeGateError, gate
+    from alma_ray.store import Manifest, StageResult
+
+    stats = {"accuracy": 0.5, "pairs": 12, "judge": "round_000/judge_distill", "preference_set": "embedded:x",
+             "table": []}
+    manifest = Manifest(stage="judge_gate", round=0, rows=3, config_hash="", input_hashes={}, wall_s=0.0,
+                        started_at=0.0, stats=stats)
+    result = StageResult(Path("runs/x/round_000/judge_gate"), manifest, skipped=False)
+    gate(result, None)
+    gate(result, 0.5)
+    with pytest.raises(JudgeGateError, match=r"round_000/judge_distill ordered 0.500 of 12 .* embedded:x, below "
+                                             r"judge.min_accuracy=0.6"):
+        gate(result, 0.6)

@@ -20,16 +20,23 @@ from alma_ray.stages.engines import Engines
 @pytest.mark.usefixtures("ray_local")
 def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: Path) -> None:
     annotations = tmp_path / "ratings.jsonl"
-    topics = ["rain", "the sea", "bread", "a city", "winter", "the moon"]
-    annotations.write_text("\n".join(json.dumps(row) for t in topics for row in [
-        {"question_id": t, "prompt": f"tell me about {t}", "response": f"{t}: here is a careful answer", "score": 9},
-        {"question_id": t, "prompt": f"tell me about {t}", "response": f"{t} maybe", "score": 5},
-        {"question_id": t, "prompt": f"tell me about {t}", "response": "no", "score": 1}]))
+    # The three answers to a question have the same length: the rating is carried by a word (7 letters each, one of
+    # three per rating, varying with the question, said 8 times so that a 2-layer random model can learn it in 60
+    # steps), not by the length, so a judge that learned nothing (or only "longer is better") cannot order the
+    # held-out pairs.
+    topics = ["rain", "the sea", "bread", "a city", "winter", "the moon", "a river", "music", "a forest", "tea",
+              "a bridge", "snow"]
+    words = {9: ["careful", "helpful", "precise"], 5: ["average", "typical", "partial"], 1: ["useless", "garbled",
+                                                                                           "unclear"]}
+    rows = [{"question_id": t, "prompt": f"tell me about {t}", "score": score,
+             "response": f"{t}: " + " ".join([words[score][(i + k) % 3]] * 8)}
+            for i, t in enumerate(topics) for k, score in enumerate((9, 5, 1))]
+    annotations.write_text("\n".join(json.dumps(row) for row in rows))
     config = AlmaConfig.model_validate(dict(
         base_model=tiny_model, output_dir=str(tmp_path), name="judge-test",
         generation={"checkpoints": [{"name": "a", "model": tiny_model}], "max_tokens": 16},
-        judge={"model": tiny_model, "build": {"annotations": str(annotations), "heldout": 0.34, "epochs": 6,
-                                              "lr": 3e-3, "distill_pairs": 8}},
+        judge={"model": tiny_model, "build": {"annotations": str(annotations), "heldout": 0.34, "epochs": 10,
+                                              "lr": 2e-3, "distill_pairs": 8}},
         train={"micro_batch": 2}, engine={"max_model_len": 1024, "dtype": "float32"}))
     seed_prompts = ["say rain", "say snow", "name a bird"]
     run = Run(open_store(config))
@@ -40,15 +47,20 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
                                                    "judge_distill", "judge_eval"]
     assert judge.endswith("round_000/judge_distill") and Path(judge, "config.json").is_file()
     held = results[0].manifest.stats
-    assert held["train"] == 12 and held["heldout"] == 6 and held["heldout_pairs"] == 6
+    assert held["train"] == 24 and held["heldout"] == 12 and held["heldout_pairs"] == 12
     scores = pq.read_table(results[3].path).to_pandas()
     assert len(scores) == 8 and all(np.asarray(d).shape == (11,) for d in scores.score_dist)  # all 11 kept
     assert {(r["judge"], r["scores"]) for r in table} == {(j, k) for j in ("base", "sft", "distilled")
                                                           for k in ("integer", "real-valued")}
-    assert all(r["pairs"] == 6 for r in table)
-    sft_real = next(r for r in table if r["judge"] == "sft" and r["scores"] == "real-valued")
-    assert sft_real["accuracy"] >= 4 / 6, accuracy_table(table)  # the fine-tuned judge ranks held-out pairs
-    assert "| sft | real-valued | 6 |" in accuracy_table(table)
+    assert all(r["pairs"] == 12 for r in table)
+    acc = {(r["judge"], r["scores"]): r["accuracy"] for r in table}
+    # The fine-tuned judge orders the held-out pairs by what the ratings taught, with a margin: its most likely rating
+    # differs too (integer reading, ties counted as misses). An untrained random model's scores are near-constant:
+    # its real-valued order is a leaning (10 of 12 here, measured with transformers) and its integer reading ties,
+    # so it cannot pass both bars.
+    assert acc["sft", "real-valued"] >= 11 / 12 and acc["sft", "integer"] >= 11 / 12, accuracy_table(table)
+    assert acc["base", "integer"] < 11 / 12, accuracy_table(table)
+    assert "| sft | real-valued | 12 |" in accuracy_table(table)
     # Ray Train's copies of each training (a restart's state, the final model) are gone once it is committed
     assert (tmp_path / "judge-test" / "round_000" / "judge_sft" / "model.safetensors").is_file()
     assert not list((tmp_path / "judge-test" / "ray_train").glob("*"))

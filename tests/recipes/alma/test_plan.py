@@ -48,4 +48,4 @@ def test_the_mix_of_each_round_names_the_checkpoints_that_have_a_model() -> None
                                 "{name: tiny, model: 'embedded:tiny-llama'}]"])
     assert mix_line(config, 1) == "tiny x6"
     assert mix_line(config, 2) == "m1a x2, m1b x2, new x1, tiny x1"
-    assert "rounds 3-4" in plan(config).describe() and "sft (x2 seeds)" in plan(config).describe()
+    assert "rounds 2-4" in plan(config).describe() and "sft (x2 seeds: M1a, M1b)" in plan(config).describe()

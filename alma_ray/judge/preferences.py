@@ -1,0 +1,52 @@
+"""Preference sets for the judge gate: (prompt, chosen, rejected) pairs the judge must order right before it may
+select data (``judge.min_accuracy``).
+
+A source is a JSONL or parquet file of ``prompt``/``chosen``/``rejected`` rows, or ``embedded:<name>``:
+
+- ``tiny-preferences``: 12 pairs written for alma_ray by its developers (``alma_ray/data/tiny_preferences.jsonl``):
+  the rejected answer is plausible but wrong (a false fact, a missed instruction), not a truncated, shuffled or
+  off-topic copy of the chosen one, so it is not made the way the demo annotations are
+  (``alma_ray.judge.annotations``). Not judged by independent people: a smoke gate, labelled as such on every row.
+
+Each pair keeps ``source`` and ``origin``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alma_ray.errors import AlmaError
+from alma_ray.records import read_records
+
+TINY_PREFERENCES = Path(__file__).resolve().parent.parent / "data" / "tiny_preferences.jsonl"
+EMBEDDED = {"tiny-preferences": (TINY_PREFERENCES, "written for alma_ray by its developers (not independent "
+                                                   "human judgments): plausible but wrong rejected answers")}
+
+
+class PreferenceError(AlmaError, ValueError):
+    """A preference file that cannot be used; the message names the file and line."""
+
+
+def load_preferences(sources: list[str]) -> list[dict[str, Any]]:
+    """Every pair of every source, checked field by field."""
+    pairs = []
+    for source in sources:
+        if source.startswith("embedded:"):
+            name = source.removeprefix("embedded:")
+            if name not in EMBEDDED:
+                raise PreferenceError(f"unknown embedded preference set {source!r}; known: "
+                                      + ", ".join(f"embedded:{k}" for k in EMBEDDED))
+            path, origin = EMBEDDED[name]
+        else:
+            path, origin = Path(source).expanduser(), f"preference file {source}"
+        for where, row in read_records(path, PreferenceError):
+            for key in ("prompt", "chosen", "rejected"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise PreferenceError(f"{where}: '{key}' must be a non-empty string (give prompt, chosen, "
+                                          "rejected)")
+            pairs.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
+                          "source": source, "origin": str(row.get("origin", origin))})
+    if not pairs:
+        raise PreferenceError(f"no preference pairs in {sources}")
+    return pairs

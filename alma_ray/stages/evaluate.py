@@ -1,0 +1,93 @@
+"""Evaluation every round (ALMA): the round's model answers the held-out prompts (the ``probe`` stage: never in
+the pool, never a few-shot example), the run's fixed judge scores the answers (``eval``, a ``Score`` stage) and so
+do the evaluation judges (``eval_judges``, when ``eval.judges`` is set), and ``EvalSummary`` records per judge:
+the mean score, the win rate against the previous round's model and against M1a on the same prompts (pairwise by
+judge score, ties counted as half and reported), and the mean answer length (length hacking shows here).
+
+The held-out answers are a few rows a round (``synthesis.heldout``), read on the driver by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from alma_ray.stages.base import Stage, write_pylist
+from alma_ray.store import StageOutput
+
+RUN_JUDGE = "run judge"
+"""The judge column of the run's own (fixed) judge in an evaluation: the panel's weighted score."""
+
+
+def judge_scores(eval_dir: Path, judges_dir: Path | None = None) -> pd.DataFrame:
+    """One row per (prompt, judge): ``prompt_id``, ``judge``, ``score`` (NaN when flagged), ``tokens``, ``chars``.
+    The run's judge from ``eval_dir``, each evaluation judge (its ``member_scores``) from ``judges_dir``."""
+    rows = []
+    sources = [(eval_dir, False)] + ([(judges_dir, True)] if judges_dir is not None else [])
+    for path, members in sources:
+        table = pq.read_table(path, columns=["prompt_id", "response", "output_tokens", "score", "judge_flag",
+                                             "member_scores"]).to_pylist()
+        for r in table:
+            scores = dict(r["member_scores"]) if members else {RUN_JUDGE: r["score"]}
+            for judge, score in scores.items():
+                valid = not r["judge_flag"] and score is not None
+                rows.append({"prompt_id": r["prompt_id"], "judge": judge,
+                             "score": float(score) if valid else float("nan"),
+                             "tokens": int(r["output_tokens"]), "chars": len(r["response"] or "")})
+    return pd.DataFrame(rows, columns=["prompt_id", "judge", "score", "tokens", "chars"])
+
+
+def win_rate(ours: pd.DataFrame, theirs: pd.DataFrame) -> dict[str, Any]:
+    """Pairwise on the prompts both answered (scored by the same judge): wins, ties, losses and the win rate with a
+    tie counted as half; a prompt either side could not score is left out (counted in ``unscored``)."""
+    both = ours.merge(theirs, on="prompt_id", suffixes=("", "_other"))
+    scored = both.dropna(subset=["score", "score_other"])
+    wins = int((scored.score > scored.score_other).sum())
+    ties = int((scored.score == scored.score_other).sum())
+    n = len(scored)
+    return {"prompts": n, "wins": wins, "ties": ties, "losses": n - wins - ties,
+            "win_rate": (wins + 0.5 * ties) / n if n else None, "unscored": len(both) - n}
+
+
+def summarize(this: pd.DataFrame, previous: pd.DataFrame | None, first: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Per judge of ``this`` round's scores: mean score, mean length, and the win rates against the previous
+    round's model and against M1a (round 1's model); None where there is nothing to compare with."""
+    out = []
+    for judge, ours in this.groupby("judge", sort=True):
+        row: dict[str, Any] = {"judge": judge, "prompts": len(ours), "mean_score": _mean(ours.score),
+                               "mean_tokens": float(ours.tokens.mean()), "mean_chars": float(ours.chars.mean())}
+        for name, other in (("previous", previous), ("m1a", first)):
+            theirs = None if other is None else other[other.judge == judge]
+            result = win_rate(ours, theirs) if theirs is not None and len(theirs) else None
+            row[f"win_rate_vs_{name}"] = None if result is None else result["win_rate"]
+            row[f"ties_vs_{name}"] = None if result is None else result["ties"]
+        out.append(row)
+    return out
+
+
+def _mean(values: pd.Series) -> float | None:
+    valid = values.dropna()
+    return float(valid.mean()) if len(valid) else None
+
+
+@dataclass
+class EvalSummary(Stage):
+    """The round's evaluation figures (one row per judge), from its committed ``eval`` (and ``eval_judges``)
+    stages and those of the previous round and of round 1 (M1a)."""
+
+    this: tuple[Path, Path | None]
+    previous: tuple[Path, Path | None] | None
+    first: tuple[Path, Path | None] | None
+    round: int
+    name: str = "eval_summary"
+
+    def write(self, data: Any, out: Path) -> StageOutput:
+        frames = [None if dirs is None else judge_scores(*dirs) for dirs in (self.this, self.previous, self.first)]
+        assert frames[0] is not None
+        rows = [{"round": self.round, **r} for r in summarize(frames[0], frames[1], frames[2])]
+        write_pylist(rows, out)
+        return self.counted(len(rows), table=rows)

@@ -1,0 +1,120 @@
+"""ALMA as published, on the tiny model through the CLI (``jobs/configs/alma-tiny.yaml``): the judge gate is
+measured before any data is made and stops the run when the judge is below the bar; round 1 is seed SFT with two
+seeds and samples nothing; rounds 2-3 sample M1a : M1b (: latest from round 3) and train from the base on
+D_1..D_r; every round is evaluated on the held-out prompts. Then the DPO variant, and bad inputs refused before any
+work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.e2e
+
+
+def _cli(out: Path, address: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "alma_ray.cli", "run", "--config",
+                           str(REPO / "jobs/configs/alma-tiny.yaml"), "--address", address, f"output_dir={out}",
+                           *overrides], capture_output=True, text=True, timeout=1800, cwd=REPO)
+
+
+def _stats(stage: Path) -> dict[str, Any]:
+    return json.loads((stage / "_MANIFEST.json").read_text())["stats"]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_address: str) -> Path:
+    out = tmp_path_factory.mktemp("published")
+    done = _cli(out, ray_address)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    lines = done.stdout.splitlines()
+    first = [next(i for i, line in enumerate(lines) if f"] {stage} " in line) for stage in ("judge_gate", "synthesis")]
+    assert first[0] < first[1]  # the gate is measured before any data is made
+    return out / "alma-tiny"
+
+
+def test_the_gate_stops_a_judge_below_the_bar_and_the_same_run_goes_on_below_it(published: Path,
+                                                                                  ray_address: str) -> None:
+    stopped = _cli(published.parent, ray_address, "judge.min_accuracy=1.0")  # the bar is not in the run's digest
+    assert stopped.returncode == 2, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    error = next(line for line in stopped.stderr.splitlines() if line.startswith("alma-ray: error:"))
+    assert error.startswith("alma-ray: error: judge gate: embedded:tiny-llama ordered "), error
+    assert "of 12 preference pairs right" in error and "on embedded:tiny-preferences, below judge.min_accuracy=1.0" \
+        in error
+    gate = _stats(published / "round_000" / "judge_gate")
+    assert gate["pairs"] == 12 and {r["judge"] for r in gate["table"]} == {"main", "panel"}
+    assert gate["unscored"] == 0 and gate["accuracy"] < 1.0  # the judge scored every pair
+
+
+def test_round_one_is_seed_sft_with_two_seeds_and_samples_nothing(published: Path) -> None:
+    r1 = published / "round_001"
+    seed = pq.read_table(r1 / "seed_sft").to_pandas()
+    assert len(seed) == 12 and (seed.origin == "written for alma_ray's tests").all()
+    assert (seed.source == "embedded:tiny-sft").all() and seed.prompt_id.is_unique
+    assert not (r1 / "responses").exists() and not (r1 / "prompts").exists()
+    m1a, m1b = (json.loads((r1 / s / "train_metrics.json").read_text()) for s in ("sft", "sft_seed1"))
+    assert m1a["losses"][-1] < m1a["losses"][0] and m1a["losses"] != m1b["losses"]  # two seeds, two models
+
+
+def test_later_rounds_sample_the_mix_and_train_from_the_base_on_every_rounds_data(published: Path) -> None:
+    mixes = {r: pq.read_table(published / f"round_00{r}" / "responses").to_pandas().groupby("checkpoint").size()
+             .to_dict() for r in (2, 3)}
+    assert mixes == {2: {"m1a": 8, "m1b": 4}, 3: {"m1a": 4, "m1b": 4, "latest": 4}}  # 4 prompts, n=3
+    sft = {r: json.loads((published / f"round_00{r}" / "sft" / "_MANIFEST.json").read_text()) for r in (2, 3)}
+    assert sft[2]["rows"] == 12 + 4 and sft[3]["rows"] == 12 + 4 + 4  # D_1 (seed set) + D_2 (+ D_3)
+    assert {"seed_sft", "selected"} <= set(sft[3]["input_hashes"])
+    checkpoints = _stats(published / "round_003" / "responses")["checkpoints"]
+    assert checkpoints["latest"].endswith("round_002/sft") and checkpoints["m1b"].endswith("round_001/sft_seed1")
+
+
+def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) -> None:
+    tables = {r: _stats(published / f"round_00{r}" / "eval_summary")["table"] for r in range(4)}
+    for r, rows in tables.items():
+        (row,) = rows
+        assert row["judge"] == "run judge" and row["prompts"] == 2 and row["mean_tokens"] > 0, r
+        assert 0 <= row["mean_score"] <= 10
+        assert (row["win_rate_vs_previous"] is None) == (r == 0), r  # round 1 is compared with the base model
+        assert (row["win_rate_vs_m1a"] is None) == (r < 2), r
+        assert row["win_rate_vs_previous"] is None or 0 <= row["win_rate_vs_previous"] <= 1
+    probe = pq.read_table(published / "round_000" / "probe").to_pandas()
+    assert (probe.checkpoint == "base").all()
+    assert set(pq.read_table(published / "round_002" / "probe").to_pandas().checkpoint) == {"round_002/sft"}
+    rounds = (published / "rounds.md").read_text()
+    assert rounds.count("| run judge |") == 4 and "win rate vs M1a" in rounds
+    assert "## Evaluation: held-out prompts" in (published / "round_003" / "report.md").read_text()
+
+
+def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(published: Path, ray_address: str) -> None:
+    out = published.parent
+    proc = _cli(out, ray_address, "name=alma-tiny-dpo", "train.objective=dpo", "rounds=2",  # the smallest run
+                "train.round_one_seeds=1", "generation.checkpoints=[{name: m1a, model: 'round_one:0'}]",
+                "synthesis.num_requests=12", "synthesis.clustering.clusters=4", "train.epochs=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r2 = out / "alma-tiny-dpo" / "round_002"
+    pairs = pq.read_table(r2 / "pairs").to_pandas()
+    assert len(pairs) == 4 and (pairs.chosen_score >= pairs.rejected_score).all()
+    assert (pairs.chosen != pairs.rejected).all() and set(pairs.rejected_by) == {"random"}
+    assert {"prompt", "chosen", "rejected", "chosen_checkpoint", "rejected_sample_index", "judge"} <= set(pairs)
+    assert not (r2 / "selected").exists() and not (r2 / "sft").exists()
+    metrics = json.loads((r2 / "dpo" / "train_metrics.json").read_text())
+    assert metrics["steps"] > 0 and json.loads((r2 / "dpo" / "_MANIFEST.json").read_text())["rows"] == 4
+    assert set(pq.read_table(r2 / "probe").to_pandas().checkpoint) == {"round_002/dpo"}  # vLLM loads it
+
+
+def test_bad_inputs_stop_before_any_work(tmp_path: Path, ray_address: str) -> None:
+    bad = tmp_path / "sft.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    proc = _cli(tmp_path, ray_address, f"seed_sft.sources=[{bad}]")
+    assert proc.returncode == 2 and f"{bad}:2: 'response' must be a non-empty string" in proc.stderr, proc.stderr
+    proc = _cli(tmp_path, ray_address, "judge.gate_pairs=[embedded:nope]")
+    assert proc.returncode == 2 and "unknown embedded preference set" in proc.stderr, proc.stderr
+    proc = _cli(tmp_path, ray_address, "generation.checkpoints=[{name: m1c, model: 'round_one:2'}]")
+    assert proc.returncode == 2 and "round_one:2" in proc.stderr, proc.stderr
+    assert not (tmp_path / "alma-tiny").exists() or not list((tmp_path / "alma-tiny").glob("round_*/*/_MANIFEST.json"))

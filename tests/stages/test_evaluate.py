@@ -1,0 +1,34 @@
+"""The evaluation's figures against hand-worked examples: win rates with ties and unscored prompts, means, length."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from alma_ray.stages.evaluate import summarize, win_rate
+
+
+def _scores(judge: str, scores: dict[str, float], tokens: int = 10) -> pd.DataFrame:
+    return pd.DataFrame([{"prompt_id": p, "judge": judge, "score": s, "tokens": tokens, "chars": 4 * tokens}
+                         for p, s in scores.items()])
+
+
+def test_win_rate_counts_ties_as_half_and_leaves_unscored_prompts_out() -> None:
+    ours = _scores("j", {"a": 7.0, "b": 5.0, "c": 3.0, "d": float("nan"), "e": 6.0})
+    theirs = _scores("j", {"a": 6.0, "b": 5.0, "c": 4.0, "d": 2.0})  # e: not answered by the other model
+    result = win_rate(ours, theirs)
+    assert result == {"prompts": 3, "wins": 1, "ties": 1, "losses": 1, "win_rate": 0.5, "unscored": 1}
+
+
+def test_summary_per_judge_with_nothing_to_compare_in_round_one() -> None:
+    this = pd.concat([_scores("run judge", {"a": 8.0, "b": 6.0}, tokens=20), _scores("other", {"a": 1.0, "b": 2.0})])
+    previous = pd.concat([_scores("run judge", {"a": 7.0, "b": 7.0}), _scores("other", {"a": 1.0, "b": 1.0})])
+    rows = {r["judge"]: r for r in summarize(this, previous, None)}
+    assert rows["run judge"]["mean_score"] == 7.0 and rows["run judge"]["mean_tokens"] == 20.0
+    assert rows["run judge"]["win_rate_vs_previous"] == 0.5 and rows["run judge"]["ties_vs_previous"] == 0
+    assert rows["other"]["win_rate_vs_previous"] == 0.75 and rows["other"]["ties_vs_previous"] == 1
+    assert rows["other"]["win_rate_vs_m1a"] is None and rows["other"]["mean_chars"] == 40.0
+    unscored = summarize(_scores("j", {"a": float("nan")}), None, None)[0]
+    assert unscored["mean_score"] is None and unscored["win_rate_vs_previous"] is None
+    assert not math.isnan(unscored["mean_tokens"])

@@ -436,9 +436,7 @@ class AlmaConfig(RunConfig):
         (round 1 samples nothing when it is seed SFT)."""
         if r < (c.from_round or 1) or (r == 1 and self.seed_sft is not None):
             return False
-        if c.model == LATEST or c.model.startswith(ROUND_ONE):
-            return r > 1
-        return True
+        return r > 1 or not names_run_model(c.model)
 
     @property
     def clusters(self) -> int:

@@ -63,7 +63,7 @@ def _mtbench_references() -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def _pair(where: str, row: dict[str, Any]) -> tuple[str, str] | str:
+def _pair(row: dict[str, Any]) -> tuple[str, str] | str:
     """(prompt, response) of a record, or what is wrong with it."""
     if "messages" in row:
         turns = row["messages"]
@@ -101,7 +101,7 @@ def load_seed_sft(config: SeedSFTConfig, *, heldout: Sequence[str] = ()) -> Seed
             records = read_records(Path(source).expanduser(), SeedSFTError, skip_bad=config.skip_bad_lines,
                                    skipped=skipped, hint=": fix it, or set seed_sft.skip_bad_lines=true")
         for where, record in records:
-            pair = _pair(where, record)
+            pair = _pair(record)
             if isinstance(pair, str):
                 if config.skip_bad_lines:
                     skipped.lines += 1

@@ -39,7 +39,7 @@ def per_prompt(scored: Dataset, pick: Any, *, expected_rows: int, **kwargs: Any)
     if expected_rows <= SMALL_ROWS:
         def each(rows: pd.DataFrame) -> pd.DataFrame:
             picked = [pick(g, **kwargs) for _, g in rows.groupby("prompt_id", sort=True)] if len(rows) else []
-            return pd.concat(picked) if picked else rows.head(0).pipe(lambda df: pick(df, **kwargs))
+            return pd.concat(picked) if picked else pick(rows.head(0), **kwargs)
 
         return valid.map_batches(each, batch_format="pandas", batch_size=max(1, expected_rows))
     return valid.groupby("prompt_id", num_partitions=shuffle_partitions(expected_rows)).map_groups(
@@ -69,6 +69,8 @@ class SelectBest(Stage):
         return {"mean_best": sum(t[0] for t in tallies) / rows, "mean_all": sum(t[1] for t in tallies) / rows}
 
 
+PAIR_KEYS = ("round", "prompt_id", "cluster_id", "prompt", "judge", "judge_version")
+"""The prompt's columns a DPO pair keeps (those the scored rows have)."""
 PAIR_LINEAGE = ("checkpoint", "sample_index", "seed", "score")
 
 
@@ -84,8 +86,7 @@ def _pair(group: pd.DataFrame, rejected: str, salt: str) -> pd.DataFrame:
         other = others.iloc[-1]
     else:
         other = others.iloc[stable_seed(salt, str(best["prompt_id"])) % len(others)]
-    row = {k: best[k] for k in ("round", "prompt_id", "cluster_id", "prompt", "judge", "judge_version")
-           if k in group.columns}
+    row = {k: best[k] for k in PAIR_KEYS if k in group.columns}
     row.update(chosen=best["response"], rejected=other["response"], n_candidates=len(group),
                mean_score=float(group["score"].mean()), rejected_by=rejected)
     for side, r in (("chosen", best), ("rejected", other)):
@@ -94,7 +95,7 @@ def _pair(group: pd.DataFrame, rejected: str, salt: str) -> pd.DataFrame:
 
 
 def _pair_columns(group: pd.DataFrame) -> list[str]:
-    base = [k for k in ("round", "prompt_id", "cluster_id", "prompt", "judge", "judge_version") if k in group.columns]
+    base = [k for k in PAIR_KEYS if k in group.columns]
     lineage = [f"{side}_{k}" for side in ("chosen", "rejected") for k in PAIR_LINEAGE if k in group.columns]
     return [*base, "chosen", "rejected", "n_candidates", "mean_score", "rejected_by", *lineage]
 

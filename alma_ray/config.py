@@ -190,6 +190,9 @@ class JudgeBuildConfig(_Section):
     distill_target: Literal["distribution", "rounded"] = "distribution"
     """Self-distillation targets: the judge's full 11-way distribution (soft labels) or its expected score
     rounded to an integer (one-hot)."""
+    reuse: bool = True
+    """Take a judge built earlier by the same inputs from ``$ALMA_RAY_CACHE/judges`` instead of building it again,
+    and file a newly built one there (``alma_ray.judge.cache``: the key digests everything that built it)."""
 
 
 class SeedSFTConfig(_Section):
@@ -387,9 +390,10 @@ class AlmaConfig(RunConfig):
     DIGEST_EXCLUDE: ClassVar[dict[str, Any]] = {
         **RunConfig.DIGEST_EXCLUDE, "rounds": True,
         "judge": {"http_host": True, "http_port": True, "http_max_body_bytes": True, "http_max_pairs": True,
-                  "http_token_env": True, "min_accuracy": True}}
+                  "http_token_env": True, "min_accuracy": True, "build": {"reuse": True}}}
     """Also out of the digest: ``rounds`` (a run extends: rounds=5 on a 3-round run runs rounds 4 and 5), where
-    the judge listens, and the gate's threshold (a judge below it can be let through by lowering it)."""
+    the judge listens, the gate's threshold (a judge below it can be let through by lowering it) and whether a
+    built judge may come from the cache (the cache's key is everything that built it)."""
 
     recipe: Literal["alma"] = "alma"
     rounds: int = Field(default=1, ge=0)

@@ -102,3 +102,61 @@ def ray_local(ray_head: LocalHead) -> Any:
 def ray_address(ray_local: Any, ray_head: LocalHead) -> str:
     """The session's Ray address, for a CLI run to join (``--address``) instead of starting a second instance."""
     return ray_head.gcs
+
+
+ALMA_TINY = REPO / "jobs" / "configs" / "alma-tiny.yaml"
+DPO_VARIANT = ("name=alma-tiny-dpo", "train.objective=dpo", "rounds=2", "train.round_one_seeds=1",
+               "generation.checkpoints=[{name: m1a, model: 'round_one:0'}]", "synthesis.num_requests=12",
+               "synthesis.clustering.clusters=4", "train.epochs=1", "part_rows=2")
+"""The smallest ALMA run with every kind of stage: the DPO variant on alma-tiny (one seed, one checkpoint, two
+rounds); stages write files of 2 rows and long stages commit a part per input file (synthesis: per 2 requests),
+so a kill leaves some parts done: round 2's 4 prompts are 2 parts of responses."""
+
+
+def alma_cli(out: Path, address: str, *overrides: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """``alma-ray run`` of the alma-tiny preset into ``out``, joining the session's cluster."""
+    return subprocess.run([sys.executable, "-m", "alma_ray.cli", "run", "--config", str(ALMA_TINY),
+                           "--address", address, f"output_dir={out}", *overrides],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def run_summary(stdout: str) -> dict[str, Any]:
+    """The JSON summary a run prints last."""
+    import json
+
+    return dict(json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"run_dir"'))))
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """alma-tiny submitted with ``ray job submit`` for 2 rounds, then extended to its 3 by the CLI."""
+
+    run_dir: Path
+    first: dict[str, Any]
+    first_stdout: str
+    extended: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def alma_tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_head: LocalHead,
+                  ray_address: str) -> PublishedRun:
+    """The README's cluster path, as written (`ray job submit` to a local head with token authentication), on ALMA
+    as published; one run that the e2e, resume and recipe tests all read."""
+    out = tmp_path_factory.mktemp("published")
+    proc = subprocess.run(["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", ".", "--",
+                           "python", "-m", "jobs.run", "--config", "jobs/configs/alma-tiny.yaml", "rounds=2",
+                           f"output_dir={out}"],
+                          capture_output=True, text=True, timeout=1800, cwd=REPO, env={**os.environ, **ray_head.env})
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
+    extended = alma_cli(out, ray_address)  # the preset's rounds=3: the run extends by round 3
+    assert extended.returncode == 0, extended.stdout[-3000:] + extended.stderr[-5000:]
+    return PublishedRun(out / "alma-tiny", run_summary(proc.stdout), proc.stdout, run_summary(extended.stdout))
+
+
+@pytest.fixture(scope="session")
+def dpo_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_address: str) -> tuple[Path, dict]:
+    """The DPO variant run uninterrupted (``DPO_VARIANT``): the recipe's test reads it, the kill test compares."""
+    out = tmp_path_factory.mktemp("dpo")
+    proc = alma_cli(out, ray_address, *DPO_VARIANT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out / "alma-tiny-dpo", run_summary(proc.stdout)

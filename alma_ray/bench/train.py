@@ -4,7 +4,8 @@ Both arms train the same model on the same rows for the same number of steps wit
 (``alma_ray.train.loop.Worker``: DeepSpeed engine, length-bucketed micro-batches, the objective's loss):
 
 1. **bare**: ``torchrun --nproc_per_node W`` runs ``Worker`` on every rank over a static slice of the rows.
-2. **ray**: ``alma_ray.train.loop.fit``: Ray Data tokenizes and streams each worker's shard, ``TorchTrainer``
+2. **ray**: ``alma_ray.train.loop.fit``: each worker takes its share of the raw rows (one table in the object
+   store, as a stage does for small examples; ``--stream``: Ray Data streams the shards), ``TorchTrainer``
    runs W workers, rank 0 saves the model as an HF folder.
 
 Steady state is rank 0's real (non-padding) tokens/s after the first quarter of its steps; start-up is the time
@@ -73,7 +74,7 @@ def bare_worker(args: argparse.Namespace) -> None:
     """One torchrun rank: the loop of ``train_loop`` over a static slice of the rows, no Ray anywhere."""
     import torch.distributed as dist
 
-    from alma_ray.train.data import as_columns, tokenize_pairs, tokenize_sft, windows
+    from alma_ray.train.data import windows
     from alma_ray.train.loop import Worker, loop_config
 
     config = _config(args.model, args)
@@ -81,11 +82,7 @@ def bare_worker(args: argparse.Namespace) -> None:
                                       seed=0, use_gpu=args.gpu))
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = _rows(args.rows, args.loss)[rank::world]
-    columns = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    kwargs: dict[str, Any] = dict(model=args.model, max_seq_len=args.max_seq_len,
-                                  completion_template=_config(args.model, args).generation.completion_template)
-    tokenized = tokenize_sft(columns, **kwargs) if args.loss == "sft" else tokenize_pairs(columns, **kwargs)
-    data = as_columns(tokenized)
+    data = {k: np.array([r[k] for r in rows]) for k in rows[0]}  # raw rows: the worker tokenizes, as under Ray
     for epoch in range(worker.train.epochs):
         for batch in worker.micro_batches(windows(data, worker.train.micro_batch * worker.train.bucket_window),
                                           epoch):
@@ -111,6 +108,7 @@ def bare(args: argparse.Namespace, model: str, out: Path) -> dict[str, Any]:
 
 
 def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
+    import pyarrow as pa
     import ray
     import ray.data
 
@@ -125,7 +123,9 @@ def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
     ray_init_s = time.time() - t0
     t_fit = time.time()
     try:
-        metrics = fit(ray.data.from_items(_rows(args.rows, args.loss)), _objective(config, args.loss),
+        rows = _rows(args.rows, args.loss)  # as a stage hands them over: one small table, or streamed (--stream)
+        examples = ray.data.from_items(rows) if args.stream else pa.Table.from_pylist(rows)
+        metrics = fit(examples, _objective(config, args.loss),
                       train=config.train, resources=config.resources, model=model,
                       out_dir=tmp / "round_001" / args.loss, seed=0)
     finally:
@@ -140,8 +140,8 @@ def ray_arm(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
 def _startup_split(arm: str, m: dict[str, Any]) -> dict[str, float]:
     """Where an arm's start-up goes: until its ranks' loop runs (the processes; under Ray also the TrainController,
     the worker group and its process group), building the engine (imports, model load, ``deepspeed.initialize``;
-    under torchrun also joining the process group), then waiting for the first batch (under Ray the tokenize pass
-    and the streaming split)."""
+    under torchrun also joining the process group), then waiting for the first batch (under Ray the streaming
+    split; both arms tokenize their first window in the worker)."""
     return {f"{arm}_to_loop_s": round(m["to_loop_s"], 1),
             f"{arm}_engine_build_s": round(m["ready_at"] - m["entered_at"], 1),
             f"{arm}_to_first_batch_s": round(m["first_step_at"] - m["ready_at"], 1)}
@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
     p.add_argument("--bucket-window", type=int, default=16, help="length bucketing window in micro-batches; 1: off")
     p.add_argument("--gpu", action="store_true", help="one GPU per rank, NCCL, bf16")
+    p.add_argument("--stream", action="store_true",
+                   help="Ray arm: stream the rows through Ray Data instead of the small path's one table "
+                        "(alma_ray.train.data.Examples)")
     p.add_argument("--verbose", action="store_true", help="show the torchrun ranks' output")
     p.add_argument("--arm", choices=["all", "bare"], default="all", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if b["steps"] != r["steps"]:
         print(f"warning: step counts differ (bare {b['steps']}, ray {r['steps']})", file=sys.stderr)
     result = {
-        "bench": "train", "loss": args.loss, "bare_tok_s": round(b["steady_tokens_per_s_rank0"], 1),
+        "bench": "train", "loss": args.loss, "ray_rows": "stream" if args.stream else "table",
+        "bare_tok_s": round(b["steady_tokens_per_s_rank0"], 1),
         "ray_tok_s": round(r["steady_tokens_per_s_rank0"], 1),
         "ratio": round(r["steady_tokens_per_s_rank0"] / b["steady_tokens_per_s_rank0"], 3),
         "ray_startup_s": round(r["startup_s"], 1), "bare_startup_s": round(b["startup_s"], 1),

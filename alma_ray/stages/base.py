@@ -152,6 +152,14 @@ def write_pylist(rows: list[dict[str, Any]], out: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), out / "part-0.parquet")
 
 
+def write_table(table: pa.Table, out: str | Path, *, max_rows_per_file: int | None = None) -> None:
+    """A small path's rows (one task's table) as parquet files of at most ``max_rows_per_file`` rows, as
+    ``write_rows`` cuts them (one file when the table is empty, so the schema is kept)."""
+    step = max_rows_per_file or max(table.num_rows, 1)
+    for i, start in enumerate(range(0, max(table.num_rows, 1), step)):
+        pq.write_table(table.slice(start, step), f"{out}/part-{i:05d}.parquet")
+
+
 SMALL_ROWS = 200_000
 """Inputs up to this many rows take the small path: one task sees them all (pandas), no hash shuffle."""
 

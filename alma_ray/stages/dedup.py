@@ -12,6 +12,8 @@ returned. As in large-scale text dedup (NeMo Curator, text-dedup), bucket collis
 the threshold: datasketch's band choice keeps false positives and negatives low.
 
 ``Dedup`` is the pool stage: the synthesis candidates that passed every filter, without exact or near duplicates.
+Up to ``SMALL_ROWS`` candidates (every laptop pool) take the small path: one task reads them whole and runs the
+same steps in pandas (``dedup_frame``: the same bands, the same lowest-order winner), with no hash shuffle.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ray.data.aggregate import Min
 from alma_ray.config import DedupConfig
 from alma_ray.diversity import words
 from alma_ray.ids import prompt_id
-from alma_ray.stages.base import Stage, write_rows
+from alma_ray.stages.base import SMALL_ROWS, Stage, write_rows, write_table
 from alma_ray.store import StageOutput
 
 
@@ -43,10 +45,14 @@ def shingles(text: str, n: int) -> list[bytes]:
     return list(dict.fromkeys(" ".join(tokens[i:i + n]).encode() for i in range(len(tokens) - n + 1)))
 
 
-def reference_rows(texts: list[str]) -> Dataset:
+def reference_frame(texts: list[str]) -> pd.DataFrame:
     """Prompts to deduplicate against (seeds, an existing pool): negative ``order``, so they always win."""
-    return ray.data.from_pandas(pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "text": texts,
-                                              "order": -np.arange(1, len(texts) + 1, dtype=np.int64)}))
+    return pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "text": texts,
+                         "order": -np.arange(1, len(texts) + 1, dtype=np.int64)})
+
+
+def reference_rows(texts: list[str]) -> Dataset:
+    return ray.data.from_pandas(reference_frame(texts))
 
 
 @lru_cache(maxsize=8)
@@ -116,6 +122,40 @@ def dedup(candidates: Dataset, reference: Dataset | None, *, cfg: DedupConfig, p
     return DedupResult(unique=unique, near=near)
 
 
+def dedup_frame(candidates: pd.DataFrame, reference: pd.DataFrame, *, cfg: DedupConfig
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``dedup`` on frames (the small path): (unique candidates, near duplicates' ``order`` and ``of_reference``)."""
+    first = candidates.groupby("prompt_id")["order"].transform("min")
+    unique_exact = candidates[(candidates["order"] == first) & ~candidates["prompt_id"].isin(reference["prompt_id"])]
+    docs = pd.concat([unique_exact[["text", "order"]], reference[["text", "order"]]], ignore_index=True)
+    keys = band_keys(docs, cfg=cfg) if len(docs) else pd.DataFrame({"bucket": [], "order": []}, dtype=np.int64)
+    keys["first"] = keys.groupby("bucket")["order"].transform("min")
+    dups = keys[(keys["order"] > keys["first"]) & (keys["order"] >= 0)]
+    near = dups.groupby("order", as_index=False)["first"].min()
+    near = pd.DataFrame({"order": near["order"], "of_reference": near["first"] < 0})
+    return unique_exact[~unique_exact["order"].isin(near["order"])], near
+
+
+def candidates_frame(batch: pd.DataFrame) -> pd.DataFrame:
+    """Synthesis rows that passed every filter, as dedup candidates (``prompt``, ``order``)."""
+    passed = batch[batch["reject"] == ""]
+    return passed.assign(prompt=passed["text"], order=passed["request_index"]).drop(columns=["reject"])
+
+
+def dedup_small(synthesis_dir: str, reference: list[str], out: str, *, cfg: DedupConfig,
+                max_rows_per_file: int | None = None) -> dict[str, int]:
+    """The whole pool stage for a small pool in one task: candidates read whole, deduplicated in pandas, the
+    unique rows written to ``out``; returns the counts the stage records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    candidates = candidates_frame(pq.read_table(synthesis_dir).to_pandas())
+    unique, near = dedup_frame(candidates, reference_frame(reference), cfg=cfg)
+    unique = unique.sort_values("order").drop(columns=["text", "order"])
+    write_table(pa.Table.from_pandas(unique, preserve_index=False), out, max_rows_per_file=max_rows_per_file)
+    return {"rows": len(unique), "near": len(near), "near_of_reference": int(near["of_reference"].sum())}
+
+
 @dataclass
 class Dedup(Stage):
     """The prompt pool: synthesis candidates that passed the filters, without exact or near duplicates of each
@@ -135,18 +175,23 @@ class Dedup(Stage):
                            f"relax synthesis.min_chars/max_chars (filters: {self.filters})")
 
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
-        assert data is not None
-        candidates = data.filter(expr="reject == ''").map_batches(
-            lambda b: b.assign(prompt=b["text"], order=b["request_index"]).drop(columns=["reject"]),
-            batch_format="pandas")
+        assert data is not None and self.input_dir is not None
+        if self.filters["passed"] <= SMALL_ROWS:  # one task, no shuffle
+            task = ray.remote(dedup_small).options(num_cpus=1)  # type: ignore[arg-type]
+            done = ray.get(task.remote(str(self.input_dir), self.reference, str(out), cfg=self.cfg,  # type: ignore
+                                       max_rows_per_file=self.part_rows))
+            self._near = (done["near"], done["near_of_reference"])
+            return self.counted(done["rows"])
+        candidates = data.filter(expr="reject == ''").map_batches(candidates_frame, batch_format="pandas")
         result = dedup(candidates, reference_rows(self.reference), cfg=self.cfg, partitions=self.partitions)
-        self._near = result.near.materialize()
+        near = result.near.materialize()
+        n_near = near.count()
+        self._near = (n_near, near.filter(expr="of_reference").count() if n_near else 0)
         rows, _ = write_rows(result.unique.drop_columns(["text", "order"]), out, max_rows_per_file=self.part_rows)
         return self.counted(rows)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
-        n_near = self._near.count()
-        n_near_seed = self._near.filter(expr="of_reference").count() if n_near else 0
+        n_near, n_near_seed = self._near
         passed = self.filters["passed"]
         return {"passed_filters": passed, "duplicate_exact": passed - rows - n_near,
                 "near_duplicate": n_near - n_near_seed, "near_duplicate_of_seed": n_near_seed,

@@ -24,7 +24,7 @@ from ray.data import Dataset
 from ray.data.aggregate import Min
 
 from alma_ray.diversity import diversity
-from alma_ray.stages.base import SMALL_ROWS, Stage, sample_rows, write_rows
+from alma_ray.stages.base import SMALL_ROWS, Stage, sample_rows, write_rows, write_table
 from alma_ray.stages.cluster import PoolTooSmallError
 from alma_ray.store import RunStore, StageOutput, StoreError
 
@@ -116,10 +116,7 @@ def draw_small(pool_dir: str, used_dirs: list[str], embeddings_dir: str, out: st
         drawn, random, unused, available = draw_frame(pool, used, k=k, seed=seed, round_index=round_index)
     except PoolTooSmallError as e:
         return {"error": str(e)}
-    table = pa.Table.from_pandas(drawn, preserve_index=False)
-    step = max_rows_per_file or max(len(drawn), 1)
-    for i, start in enumerate(range(0, max(len(drawn), 1), step)):
-        pq.write_table(table.slice(start, step), f"{out}/part-{i:05d}.parquet")
+    write_table(pa.Table.from_pandas(drawn, preserve_index=False), out, max_rows_per_file=max_rows_per_file)
     columns = ["prompt_id", "prompt", "cluster_id"]
     samples = drawn[columns].head(m), random[columns].head(m)
     wanted = pa.array(sorted({*samples[0].prompt_id, *samples[1].prompt_id}), type=pa.string())

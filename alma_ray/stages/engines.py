@@ -7,8 +7,11 @@ What stays up is the recipe's call, from its plan: ``keep_only`` gives back the 
 (ALMA: the base model's after round 0, an earlier round's checkpoint once no mix names it), and
 ``before_training`` gives back every engine on a GPU cluster, where the devices are needed for training; on CPU
 the engines stay (the local Ray instance reserves logical CPUs for them: they take turns on the same cores, and
-an idle engine costs memory, not CPU). ``close`` ends them all. A dead engine is restarted by Ray and the batch
-it held retried.
+an idle engine costs memory, not CPU). On CPU a sampling engine given back is shut down but its process kept
+(``spare``): the next model's pool takes it over and loads the new checkpoint in seconds, where a new process
+spends about half a minute importing vLLM (each round's new checkpoint, each probe). ``close`` ends them all. A dead
+engine is restarted by Ray and the batch it held retried; every request names the model it needs, so a restarted
+or taken-over engine loads the right one.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class SampleRequest:
     completion_template: str
     seed_salt: str
     too_long: str = "skip"
+    model: str = ""
+    """The folder the engine must hold for this request ("": whatever it holds); an engine holding another loads
+    it first (a pool taken over from another model, or an actor Ray restarted with its first model)."""
 
 
 class SamplingEngine:
@@ -77,12 +83,40 @@ class SamplingEngine:
     """
 
     def __init__(self, model: str, *, engine: EngineConfig, use_gpu: bool) -> None:
-        started = time.time()
-        self.llm = build_llm(model, engine, use_gpu=use_gpu)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.engine, self.use_gpu = engine, use_gpu
         self.max_model_len = engine.max_model_len
+        self.model = ""
+        self.llm: Any = None
+        self.load(model)
+
+    def load(self, model: str) -> None:
+        """Hold ``model`` (an HF folder): the engine it held is shut down first. In a process that has imported
+        vLLM once, a new engine for a small model is a few seconds instead of half a minute."""
+        if model == self.model:
+            return
+        started = time.time()
+        self.unload()
+        self.llm = build_llm(model, self.engine, use_gpu=self.use_gpu)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model = model
         self.ready_at, self.build_s = time.time(), time.time() - started
         self.reported: set[str] = set()
+
+    def holds(self) -> str:
+        """The model folder this engine holds ("" when shut down)."""
+        return self.model
+
+    def unload(self) -> None:
+        """Shut the engine down and free its memory (weights, KV cache); the process stays, vLLM imported."""
+        if self.llm is None:
+            return
+        import gc
+
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm, self.model = None, ""
+        gc.collect()
+        cleanup_dist_env_and_memory()
 
     def _encode(self, prompt: str, request: SampleRequest, chat: bool, limit: int) -> tuple[list[int], bool]:
         """Token ids the engine sees, and whether the prompt was cut to fit the context."""
@@ -105,6 +139,8 @@ class SamplingEngine:
                ) -> dict[str, list[Any]]:
         from vllm import SamplingParams, TokensPrompt
 
+        if request.model:
+            self.load(request.model)
         started = time.time()
         if progress is not None and (key := progress._actor_id.hex()) not in self.reported:
             self.reported.add(key)  # each stage's progress bar counts this engine once
@@ -155,6 +191,10 @@ class Engines:
         """The prefix of this run's Serve applications (``judge_app_name``): two runs on one cluster never touch
         each other's judge."""
         self.pools: dict[str, list[Any]] = {}
+        self.spare: list[Any] = []
+        """Sampling engine actors given back on CPU: their engine shut down, the process kept with vLLM imported.
+        The next pool takes them before starting new processes (on GPU an actor given back ends, freeing its
+        devices)."""
         self.apps: dict[Panel, str] = {}
 
     def __enter__(self) -> Engines:
@@ -183,13 +223,19 @@ class Engines:
         """``size`` sampling engines of ``model`` (an HF folder), built on the first ask."""
         pool = self.pools.setdefault(model, [])
         if len(pool) < size:
+            taken = min(size - len(pool), len(self.spare))
+            for actor in self.spare[:taken]:  # loads ``model`` with its first batch (``SampleRequest.model``)
+                actor.load.remote(model)
+            pool += self.spare[:taken]
+            del self.spare[:taken]
             actor = ray.remote(SamplingEngine).options(  # type: ignore[attr-defined]
                 max_restarts=-1, max_task_retries=-1, max_concurrency=1,
                 **actor_remote_args(self.engine, use_gpu=self.resources.use_gpu,
                                     cpus=self.resources.cpus_per_engine))
             pool += [actor.remote(model, engine=self.engine, use_gpu=self.resources.use_gpu)
                      for _ in range(size - len(pool))]
-            self.log(f"engines: {size} sampling engine(s) of {model} up")
+            self.log(f"engines: {size} sampling engine(s) of {model} up"
+                     + (f" ({taken} taken over from a model given back)" if taken else ""))
         return pool[:size]
 
     def judge_app(self, panel: Panel) -> str:
@@ -199,6 +245,8 @@ class Engines:
             main = not self.apps
             name = self.app if main else f"{self.app}-{len(self.apps)}"
             route = ROUTE if self.app == APP else f"{ROUTE}/{self.app}"
+            if not self.resources.use_gpu:
+                self.make_room(len(panel.judges) * self.resources.judge_engines * self.resources.cpus_per_engine)
             serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
             serve.run(build_app(panel, self.engine, self.resources), name=name, route_prefix=route if main else None)
             self.apps[panel] = name
@@ -211,9 +259,26 @@ class Engines:
             serve.delete(name)
 
     def release(self, model: str) -> None:
-        """Give back the sampling engines of ``model``."""
+        """Give back the sampling engines of ``model``: ended on GPU; on CPU shut down and kept as spares."""
         for actor in self.pools.pop(model, []):
+            if self.resources.use_gpu:
+                ray.kill(actor)
+            else:
+                actor.unload.remote()
+                self.spare.append(actor)
+
+    def end_spares(self) -> None:
+        for actor in self.spare:
             ray.kill(actor)
+        self.spare.clear()
+
+    def make_room(self, cpus: float) -> None:
+        """End the spare engine processes when the cluster lacks ``cpus`` free CPUs for what starts next (a judge
+        app, an embedder pool): a spare holds its CPUs and must never keep a stage from starting."""
+        if self.spare and _free_cpus(cpus, wait_s=0) < cpus:
+            self.log(f"engines: ended {len(self.spare)} spare engine process(es) to free CPUs")
+            self.end_spares()
+            _free_cpus(cpus)
 
     def keep_only(self, models: Collection[str], panels: Collection[Panel] = ()) -> None:
         """Give back every sampling engine whose model is not in ``models`` and every judge app not in
@@ -233,6 +298,7 @@ class Engines:
         res = self.resources
         need = res.train_workers * res.cpus_per_train_worker + DATA_CPUS
         held = [("pool", m) for m in self.pools] + [("app", p) for p in self.apps]
+        self.make_room(need)  # spares first: they hold CPUs and serve nothing now
         free = _free_cpus(need, wait_s=0)
         while held and free < need:
             kind, what = held.pop(0)
@@ -246,3 +312,4 @@ class Engines:
 
     def close(self) -> None:
         self.keep_only(())
+        self.end_spares()

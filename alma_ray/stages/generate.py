@@ -78,7 +78,7 @@ def sample_pool(prompts: Dataset, share: Share, *, engines: Engines, completion_
     so a crash costs time, never rows.
     """
     request = SampleRequest(share.checkpoint, share.n, share.sampling, share.chat, completion_template, seed_salt,
-                            too_long)
+                            too_long, model=share.model)
     actors = engines.samplers(share.model, pool_size)
     return prompts.map_batches(_sample_batch, batch_size=engines.engine.batch_size,  # type: ignore[arg-type]
                                fn_kwargs=dict(engines=actors, request=request, progress=progress),

@@ -5,6 +5,8 @@
   integer (the most likely rating) and real-valued (sum p(s) s), in one Serve app with all of them as members.
 - ``JudgeGate``: the run's judge on a preference set made another way (``alma_ray.judge.preferences``): what the
   gate (``judge.min_accuracy``) compares.
+- ``ReusedJudge``: a judge built earlier by the same inputs, taken from the cache (``alma_ray.judge.cache``)
+  instead of the build's stages.
 
 ``distill_rows`` turns the fine-tuned judge's scores of the distill pairs into self-distillation targets.
 """
@@ -29,6 +31,7 @@ from alma_ray.judge.annotations import (
     preference_pairs,
     split_by_question,
 )
+from alma_ray.judge.cache import META, copy_judge
 from alma_ray.judge.serve import Panel, score_dataset
 from alma_ray.stages.base import Stage, write_pylist
 from alma_ray.stages.engines import Engines
@@ -136,6 +139,28 @@ class JudgeGate(Stage):
         panel = next(r for r in table if r["judge"] == "panel")
         return self.counted(len(table), table=table, accuracy=panel["accuracy"], pairs=len(self.pairs),
                             unscored=panel["unscored"], judge=self.panel.name, preference_set=self.set_name)
+
+
+@dataclass
+class ReusedJudge(Stage):
+    """The cached judge filed under ``key`` (``cached``: its folder), copied into the run (hard links where the
+    file system allows), with what built it: its held-out accuracy table, its stage and the run that built it."""
+
+    key: str
+    cached: Path | None
+    name: str = "judge_reused"
+
+    def sources(self) -> dict[str, str]:
+        return {"judge_cache": self.key}
+
+    def write(self, data: Any, out: Path) -> StageOutput:
+        if self.cached is None:
+            raise FileNotFoundError(f"no cached judge under key {self.key}")
+        meta = json.loads((self.cached / META).read_text())
+        copy_judge(self.cached, out)
+        (out / META).unlink()
+        return self.counted(1, key=self.key, cached=str(self.cached), table=meta["table"],
+                            built_stage=meta["stage"], built_by=meta["built_by"])
 
 
 def distill_rows(scores: Path, target: str) -> list[dict[str, Any]]:

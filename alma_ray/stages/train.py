@@ -7,20 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray.data
-from ray.data import Dataset
+import pyarrow as pa
 
 from alma_ray.config import ResourcesConfig, TrainConfig
 from alma_ray.stages.base import Stage
 from alma_ray.store import StageOutput
+from alma_ray.train.data import Examples, read_examples
 from alma_ray.train.loop import fit
 from alma_ray.train.objectives import Objective
 
 
 @dataclass
 class Train(Stage):
-    """Train ``model`` with ``objective`` on ``examples``: committed stages' row directories (read lazily and
-    unioned, e.g. ALMA's D_1..D_r) or a dataset."""
+    """Train ``model`` with ``objective`` on ``examples``: committed stages' row directories (unioned in order,
+    e.g. ALMA's D_1..D_r: one table when small, else a lazy dataset) or rows given as they are."""
 
     name: str
     objective: Objective
@@ -28,19 +28,20 @@ class Train(Stage):
     resources: ResourcesConfig
     model: str
     seed: int
-    examples: list[str] | Dataset
+    examples: list[str] | Examples
     run_name: str | None = None
     figures_extra: dict[str, Any] = field(default_factory=dict)
     """Recorded beside the training metrics (e.g. which targets a judge trained on)."""
 
-    def rows(self) -> Dataset:
+    def rows(self) -> Examples:
         if isinstance(self.examples, list):
-            return ray.data.read_parquet(self.examples).select_columns(list(self.objective.columns))
+            return read_examples(self.examples, list(self.objective.columns))
         return self.examples
 
-    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+    def write(self, data: Any, out: Path) -> StageOutput:
         rows = self.rows()
         metrics = fit(rows, self.objective, train=self.train, resources=self.resources, model=self.model,
                       out_dir=out, seed=self.seed, run_name=self.run_name)
-        return StageOutput(rows=rows.count(), stats={**self.figures_extra,
-                                                     **{k: v for k, v in metrics.items() if k != "losses"}})
+        count = rows.num_rows if isinstance(rows, pa.Table) else rows.count()
+        return StageOutput(rows=count, stats={**self.figures_extra,
+                                              **{k: v for k, v in metrics.items() if k != "losses"}})

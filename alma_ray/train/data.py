@@ -1,4 +1,12 @@
-"""Training examples: Ray Data tokenizes (a task function, tokenizer cached per worker); workers pad per batch.
+"""Training examples: each worker tokenizes the raw rows of its shard (batch functions, tokenizer cached per
+process) and pads per micro-batch.
+
+Two ways rows reach the workers (``Examples``): a Ray Data dataset, streamed to each worker as an equal shard, or,
+for examples that fit comfortably in memory (``SMALL_EXAMPLES_BYTES`` of parquet; ALMA's D_1..D_r are thousands of
+short rows), a pyarrow table put in the object store once, of which each worker takes every world-th row. The
+second skips Ray Data's split coordinator and read tasks, about 10-20 s of every training's start-up on 2 cores
+(``make bench-train`` prints the split); both give each rank the same number of rows, dropping the remainder as
+Ray Data's equal split does, so every rank takes the same number of steps.
 
 SFT rows: (prompt, response) -> ``input_ids``, ``labels`` (-100 on the prompt). Preference rows: (prompt,
 chosen, rejected) -> the same two columns for each side, prefixed ``chosen_`` / ``rejected_``. Prompts go through
@@ -14,12 +22,41 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
 
 from alma_ray.engine import prompt_ids, uses_chat_template
 from alma_ray.train.losses import IGNORE
+
+Examples: TypeAlias = ray.data.Dataset | pa.Table
+"""Training rows: a dataset (streamed, an equal shard per worker) or a small in-memory table (see above)."""
+
+SMALL_EXAMPLES_BYTES = 64 << 20
+"""Parquet examples up to this size on disk are read on the driver into one table instead of streamed."""
+
+
+def read_examples(dirs: list[str], columns: list[str]) -> Examples:
+    """The ``columns`` of committed stages' rows (in the order given, each directory's files sorted): a table when
+    they are small, else a lazy dataset."""
+    files = [f for d in dirs for f in (sorted(Path(d).rglob("*.parquet")) if Path(d).is_dir() else [Path(d)])]
+    if sum(f.stat().st_size for f in files) > SMALL_EXAMPLES_BYTES:
+        return ray.data.read_parquet(dirs).select_columns(columns)
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({c: [] for c in columns})
+
+
+def table_windows(table: pa.Table, size: int, *, rank: int = 0, world: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Windows of ``size`` rows of ``table`` as numpy columns: rows rank, rank + world, ... (an equal share: the
+    remainder of ``num_rows / world`` is dropped)."""
+    n = table.num_rows // world * world
+    share = table.take(np.arange(rank, n, world)) if world > 1 else table
+    columns = {c: share.column(c).to_numpy(zero_copy_only=False) for c in share.column_names}
+    return windows(columns, size)
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,19 +131,21 @@ def tokenize_judge(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int
 
 
 class ReferenceLogprobs:
-    """Ray Data actor: DPO's frozen reference, run once over the tokenized pairs (``train.dpo_reference``).
+    """Ray Data actor: DPO's frozen reference, run once over the raw pairs (``train.dpo_reference``).
 
-    Adds ``chosen_ref_logp`` and ``rejected_ref_logp``: summed response log-probs under the reference model, the
+    Adds ``chosen_ref_logp`` and ``rejected_ref_logp`` to the rows: summed response log-probs under the reference
+    model of the pairs as ``tokenize`` (the objective's batch function, the one the workers use) encodes them, the
     same ``sequence_logprobs`` the online path computes inside the training step.
     """
 
-    def __init__(self, model: str, pad_id: int) -> None:
+    def __init__(self, model: str, pad_id: int, tokenize: Any) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval().to(self.device)
         self.pad_id = pad_id
+        self.tokenize = tokenize
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
@@ -114,9 +153,10 @@ class ReferenceLogprobs:
         from alma_ray.train.losses import sequence_logprobs
 
         out: dict[str, Any] = dict(batch)
+        tokens = self.tokenize(batch)
         for side in ("chosen", "rejected"):
-            inputs = {k: v.to(self.device) for k, v in pad_batch(list(batch[f"{side}_input_ids"]),
-                                                                 list(batch[f"{side}_labels"]), self.pad_id).items()}
+            inputs = {k: v.to(self.device) for k, v in pad_batch(tokens[f"{side}_input_ids"],
+                                                                 tokens[f"{side}_labels"], self.pad_id).items()}
             with torch.no_grad():
                 logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             out[f"{side}_ref_logp"] = sequence_logprobs(logits, inputs["labels"]).double().cpu().numpy()

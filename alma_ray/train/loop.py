@@ -2,10 +2,12 @@
 the reward model and the judge's rating loss). The result is an HF folder; causal LMs load in vLLM for the next
 round.
 
-The objective tokenizes in Ray Data, ``TorchTrainer`` streams an equal shard to each worker, and
-``train_loop`` wraps the model with ``deepspeed.initialize``. gloo on CPU, NCCL on GPU, fp32 on CPU and bf16 on
-GPU unless the config says otherwise. Rank 0 saves the consolidated model (ZeRO-3 gathered) with its tokenizer
-and reports it as the run's checkpoint.
+Each worker gets an equal share of the raw rows (streamed by Ray Data, or for small examples taken from one
+in-memory table: ``alma_ray.train.data.Examples``) and tokenizes it with the objective's batch function (no Ray
+Data pass of its own: that pass cost a fresh process importing transformers, about 15-25 s of every training's
+start-up), and ``train_loop`` wraps the model with ``deepspeed.initialize``. gloo on CPU, NCCL on GPU, fp32 on CPU
+and bf16 on GPU unless the config says otherwise. Rank 0 saves the consolidated model (ZeRO-3 gathered) with its
+tokenizer and reports it as the run's checkpoint.
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.data import Dataset
 
 from alma_ray.config import ResourcesConfig, TrainConfig
-from alma_ray.train.data import micro_batches
+from alma_ray.train.data import Examples, micro_batches, table_windows
 from alma_ray.train.losses import metrics_mean
 from alma_ray.train.objectives import Objective
 
@@ -69,6 +70,8 @@ class Worker:
     reference: Any
     tokenizer: Any
     pad_id: int
+    model: str
+    """The folder training starts from; its tokenizer encodes the rows."""
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     step: int = 0
@@ -112,12 +115,17 @@ class Worker:
                                           config=deepspeed_config(train, use_gpu=use_gpu))
         if reference is not None:
             reference.to(engine.device)
-        return cls(objective, train, seed, engine, reference, tokenizer, pad_id, entered_at=entered_at,
+        return cls(objective, train, seed, engine, reference, tokenizer, pad_id, cfg["model"], entered_at=entered_at,
                    ready_at=time.time())
 
+    def encode(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Raw rows (the objective's columns) as token ids, with this rank's tokenizer."""
+        return self.objective.encode(batch, model=self.model, max_seq_len=self.train.max_seq_len)
+
     def micro_batches(self, windows: Iterable[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
+        """Windows of raw rows -> tokenized, length-bucketed micro-batches in a seeded order."""
         rng = np.random.default_rng([self.seed, epoch])
-        return micro_batches(windows, micro_batch=self.train.micro_batch, rng=rng,
+        return micro_batches(map(self.encode, windows), micro_batch=self.train.micro_batch, rng=rng,
                              bucket=self.train.bucket_window > 1)
 
     def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -184,10 +192,26 @@ class Worker:
 
 
 def loop_config(train: TrainConfig, *, objective: Objective, model: str, seed: int, use_gpu: bool,
-                heldout: bool = False) -> dict[str, Any]:
-    """What every rank's ``Worker.start`` / ``train_loop`` reads (Ray Train's ``train_loop_config``)."""
+                heldout: bool = False, tables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every rank's ``Worker.start`` / ``train_loop`` reads (Ray Train's ``train_loop_config``); ``tables``:
+    the small examples' object refs by dataset name (``alma_ray.train.data.Examples``)."""
     return {"model": model, "objective": objective, "seed": seed, "use_gpu": use_gpu, "train": train.model_dump(),
-            "heldout": heldout}
+            "heldout": heldout, "tables": tables or {}}
+
+
+def _windows(cfg: dict[str, Any], name: str, size: int, *, shard: bool) -> Iterable[dict[str, Any]]:
+    """Windows of ``size`` raw rows of the dataset ``name``: this rank's share (``shard``) or all of them, from the
+    small path's table or Ray Data's stream."""
+    import ray
+    import ray.train
+
+    ref = cfg["tables"].get(name)
+    if ref is None:
+        return ray.train.get_dataset_shard(name).iter_batches(batch_size=size, batch_format="numpy",
+                                                              local_shuffle_buffer_size=None)
+    context = ray.train.get_context()
+    rank, world = (context.get_world_rank(), context.get_world_size()) if shard else (0, 1)
+    return table_windows(ray.get(ref), size, rank=rank, world=world)
 
 
 def train_loop(cfg: dict[str, Any]) -> None:
@@ -197,7 +221,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
     worker = Worker.start(cfg)
     train = worker.train
     rank = ray.train.get_context().get_world_rank()
-    shard = ray.train.get_dataset_shard("train")
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group (or rerun stage): DeepSpeed state + the curves so far
         with checkpoint.as_directory() as state_dir:
@@ -207,8 +230,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 worker.losses, worker.history = progress["losses"], progress["history"]
                 worker.resumed_from = progress["step"]
     for epoch in range(train.epochs):
-        windows = shard.iter_batches(batch_size=train.micro_batch * train.bucket_window, batch_format="numpy",
-                                     local_shuffle_buffer_size=None)
+        windows = _windows(cfg, "train", train.micro_batch * train.bucket_window, shard=True)
         for batch in worker.micro_batches(windows, epoch):
             worker.step += 1
             if worker.step <= worker.resumed_from:  # done before the restart (the shard's order may differ)
@@ -225,8 +247,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 ray.train.report(report)
     summary = worker.summary()
     if cfg.get("heldout"):
-        heldout = ray.train.get_dataset_shard("heldout")
-        summary.update(worker.evaluate(heldout.iter_batches(batch_size=train.micro_batch, batch_format="numpy")))
+        batches = _windows(cfg, "heldout", train.micro_batch, shard=False)
+        summary.update(worker.evaluate(map(worker.encode, batches)))
     state = worker.consolidated_state()
     if rank == 0:
         with tempfile.TemporaryDirectory() as out:
@@ -237,17 +259,20 @@ def train_loop(cfg: dict[str, Any]) -> None:
         ray.train.report({k: v for k, v in summary.items() if k != "losses"})
 
 
-def fit(examples: Dataset, objective: Objective, *, train: TrainConfig, resources: ResourcesConfig, model: str,
-        out_dir: Path, seed: int, heldout: Dataset | None = None, run_name: str | None = None) -> dict[str, Any]:
+def fit(examples: Examples, objective: Objective, *, train: TrainConfig, resources: ResourcesConfig, model: str,
+        out_dir: Path, seed: int, heldout: Examples | None = None, run_name: str | None = None) -> dict[str, Any]:
     """Train ``model`` with ``objective`` on ``examples`` and write the result as an HF folder in ``out_dir``.
 
-    ``examples`` need the objective's columns (``objective.columns``; a missing one is named). ``heldout`` rows
+    ``examples`` (a dataset, or a small table: ``alma_ray.train.data.Examples``) need the objective's columns
+    (``objective.columns``; a missing one is named). ``heldout`` rows
     (same columns) are evaluated after training: ``heldout_loss`` and the objective's figures, e.g.
     ``heldout_pair_accuracy`` for the reward model. ``seed`` seeds the model's initialisation order and the
     micro-batch order. ``run_name`` names the Ray Train run, whose checkpoints a rerun resumes from (default:
     ``<objective>-<out_dir's folder>-<seed>``; give two trainings that share a folder their own). Returns the
     metrics written to ``out_dir/train_metrics.json`` (loss curve, tokens/s and the objective's own figures).
     """
+    import pyarrow as pa
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -255,14 +280,19 @@ def fit(examples: Dataset, objective: Objective, *, train: TrainConfig, resource
     run_name = run_name or f"{objective.name}-{out_dir.parent.name}-{seed}"
     storage = out_dir.parent.parent.resolve() / "ray_train"
     datasets: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
     for name, rows in (("train", examples), ("heldout", heldout)):
         if rows is not None:  # every rank reads all of heldout: under ZeRO-3 a forward pass needs every rank
             objective.check(rows)
-            datasets[name] = objective.tokenize(rows, model=model, max_seq_len=train.max_seq_len, resources=res)
+            prepared = objective.prepare(rows, model=model, max_seq_len=train.max_seq_len, resources=res)
+            if isinstance(prepared, pa.Table):
+                tables[name] = ray.put(prepared)
+            else:
+                datasets[name] = prepared
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config(train, objective=objective, model=model, seed=seed, use_gpu=res.use_gpu,
-                                      heldout=heldout is not None),
+                                      heldout=heldout is not None, tables=tables),
         scaling_config=ScalingConfig(num_workers=res.train_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=None if res.use_gpu
                                      else {"CPU": res.cpus_per_train_worker}),
@@ -270,8 +300,8 @@ def fit(examples: Dataset, objective: Objective, *, train: TrainConfig, resource
         run_config=RunConfig(name=run_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=[n for n in ("train",) if n in datasets]),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -14,15 +14,27 @@ Objects are frozen dataclasses: Ray Train pickles them to every worker.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from ray.data import ActorPoolStrategy, Dataset
+import pyarrow as pa
+import ray.data
+from ray.data import ActorPoolStrategy
 
 from alma_ray.config import ResourcesConfig, TrainConfig
 from alma_ray.errors import StageInputError
-from alma_ray.train.data import ReferenceLogprobs, pad_batch, tokenize_judge, tokenize_pairs, tokenize_sft
+from alma_ray.train.data import (
+    Examples,
+    ReferenceLogprobs,
+    as_columns,
+    pad_batch,
+    tokenize_judge,
+    tokenize_pairs,
+    tokenize_sft,
+)
 
 DEFAULT_TEMPLATE = "User: {prompt}\nAssistant:"
 Step = tuple[Any, dict[str, float], int, int]
@@ -46,13 +58,28 @@ class Objective:
     name: ClassVar[str] = ""
     columns: ClassVar[tuple[str, ...]] = ()
 
-    def check(self, examples: Dataset) -> None:
-        missing = [c for c in self.columns if c not in examples.columns()]
+    def check(self, examples: Examples) -> None:
+        have = examples.column_names if isinstance(examples, pa.Table) else examples.columns()
+        missing = [c for c in self.columns if c not in have]
         if missing:
             raise StageInputError(f"{self.name} training needs columns {list(self.columns)}; missing {missing}")
 
-    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
+    def tokenizer_fn(self, *, model: str, max_seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
+        """The batch function that tokenizes this objective's rows (``alma_ray.train.data``), bound to its options."""
         raise NotImplementedError
+
+    def prepare(self, examples: Examples, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Examples:
+        """What the workers read: the objective's raw columns (each worker tokenizes its own shard, with the
+        tokenizer it has loaded anyway: no Ray Data pass, no fresh process importing transformers)."""
+        if isinstance(examples, pa.Table):
+            return examples.select(list(self.columns))
+        return examples.select_columns(list(self.columns))
+
+    def encode(self, batch: dict[str, np.ndarray], *, model: str, max_seq_len: int) -> dict[str, np.ndarray]:
+        """A window of raw rows as the columns ``loss`` reads (token ids per side; other columns kept)."""
+        tokenized = self.tokenizer_fn(model=model, max_seq_len=max_seq_len)(batch)
+        kept = {k: v for k, v in batch.items() if k not in self.columns and k not in tokenized}
+        return {**as_columns(tokenized), **kept}
 
     def load_model(self, path: str, pad_id: int) -> Any:
         return _causal_lm(path)
@@ -75,9 +102,9 @@ class SFT(Objective):
     columns: ClassVar[tuple[str, ...]] = ("prompt", "response")
     completion_template: str = DEFAULT_TEMPLATE
 
-    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
-        return examples.map_batches(tokenize_sft, batch_size=256, fn_kwargs=dict(  # type: ignore[arg-type]
-            model=model, max_seq_len=max_seq_len, completion_template=self.completion_template))
+    def tokenizer_fn(self, *, model: str, max_seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
+        return functools.partial(tokenize_sft, model=model, max_seq_len=max_seq_len,
+                                 completion_template=self.completion_template)
 
     def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
         from alma_ray.train.losses import sft_loss
@@ -96,9 +123,9 @@ class _Pairs(Objective):
     eos: ClassVar[bool] = True
     completion_template: str = DEFAULT_TEMPLATE
 
-    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
-        return examples.map_batches(tokenize_pairs, batch_size=256, fn_kwargs=dict(  # type: ignore[arg-type]
-            model=model, max_seq_len=max_seq_len, completion_template=self.completion_template, eos=self.eos))
+    def tokenizer_fn(self, *, model: str, max_seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
+        return functools.partial(tokenize_pairs, model=model, max_seq_len=max_seq_len,
+                                 completion_template=self.completion_template, eos=self.eos)
 
     @staticmethod
     def both(batch: dict[str, Any], pad_id: int, device: Any) -> tuple[int, dict[str, Any]]:
@@ -124,19 +151,23 @@ class DPO(_Pairs):
         return cls(completion_template=completion_template, beta=train.dpo_beta,
                    precompute=train.dpo_reference == "precomputed", reference=reference)
 
-    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
-        tokenized = super().tokenize(examples, model=model, max_seq_len=max_seq_len, resources=resources)
+    def prepare(self, examples: Examples, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Examples:
+        raw = super().prepare(examples, model=model, max_seq_len=max_seq_len, resources=resources)
         if not self.precompute:
-            return tokenized
+            return raw
+        if isinstance(raw, pa.Table):
+            raw = ray.data.from_arrow(raw)
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(model)
         # A pass of its own before training, on the devices training will use next (materialized: the object
-        # store spills to disk), rather than streaming beside training and competing for them.
-        return tokenized.map_batches(
+        # store spills to disk), rather than streaming beside training and competing for them. It adds the two
+        # log-prob columns to the raw rows; the workers tokenize the same way (``encode``).
+        return raw.map_batches(
             ReferenceLogprobs, batch_size=16, compute=ActorPoolStrategy(size=resources.train_workers),
             fn_constructor_kwargs=dict(model=self.reference or model,
-                                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id),
+                                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                                       tokenize=self.tokenizer_fn(model=model, max_seq_len=max_seq_len)),
             num_gpus=1 if resources.use_gpu else 0,
             num_cpus=0 if resources.use_gpu else resources.cpus_per_train_worker,
         ).materialize()
@@ -201,9 +232,9 @@ class JudgeRating(Objective):
     score_tokens: Any = None
     """The tokenizer's rating-digit ids (``alma_ray.judge.rubric.ScoreTokens``), bound on each worker."""
 
-    def tokenize(self, examples: Dataset, *, model: str, max_seq_len: int, resources: ResourcesConfig) -> Dataset:
-        return examples.map_batches(tokenize_judge, batch_size=256, fn_kwargs=dict(  # type: ignore[arg-type]
-            model=model, max_seq_len=max_seq_len, chat=self.chat, max_response_chars=self.max_response_chars))
+    def tokenizer_fn(self, *, model: str, max_seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
+        return functools.partial(tokenize_judge, model=model, max_seq_len=max_seq_len, chat=self.chat,
+                                 max_response_chars=self.max_response_chars)
 
     def bind(self, tokenizer: Any) -> Objective:
         from alma_ray.judge.rubric import ScoreTokens

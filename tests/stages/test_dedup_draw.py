@@ -11,7 +11,7 @@ from alma_ray.config import DedupConfig
 from alma_ray.diversity import distinct_n, mean_pairwise_distance
 from alma_ray.ids import prompt_id
 from alma_ray.stages.cluster import PoolTooSmallError, size_histogram
-from alma_ray.stages.dedup import dedup, shingles
+from alma_ray.stages.dedup import dedup, dedup_frame, shingles
 from alma_ray.stages.draw import draw_prompts
 
 LONG = ("Write a detailed travel itinerary for a three day trip to Kyoto in autumn, including temples, "
@@ -36,11 +36,15 @@ def test_exact_and_near_duplicates_are_dropped_against_each_other_and_the_seeds(
         "List five practical ways to reduce plastic waste in a small office kitchen",        # 5 kept
     ]
     reference = ray.data.from_pandas(_rows([seed], -1))
-    result = dedup(ray.data.from_pandas(_rows(candidates, 0)), reference, cfg=DedupConfig(), partitions=1)
+    result = dedup(ray.data.from_pandas(_rows(candidates, 0)).repartition(3), reference, cfg=DedupConfig(),
+                   partitions=2)  # shuffles and joins over several partitions, as a large pool takes them
     kept = sorted(r["order"] for r in result.unique.take_all())
     assert kept == [0, 4, 5]
     near = {r["order"]: r["of_reference"] for r in result.near.take_all()}
     assert near == {2: False, 3: True}
+    # the small path (one task, pandas) finds the same
+    unique, near_frame = dedup_frame(_rows(candidates, 0), _rows([seed], -1), cfg=DedupConfig())
+    assert sorted(unique["order"]) == kept and dict(zip(near_frame["order"], near_frame["of_reference"])) == near
 
 
 def test_shingles_and_diversity_metrics() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from alma_ray.train.data import as_columns, micro_batches, padding_fraction, windows
 
@@ -29,3 +32,42 @@ def test_bucketing_keeps_every_row_and_the_step_count() -> None:
 def test_bucketing_cuts_padding() -> None:
     lengths = np.random.default_rng(0).integers(10, 300, size=1000)
     assert padding_fraction(lengths, 8, window=16) < padding_fraction(lengths, 8, window=1) / 4
+
+
+def _stages(tmp_path: Path) -> list[str]:
+    """Two committed stages' row directories (ALMA's D_1, D_2), rows p0..p11, two files each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for d, rows in (("d1", range(0, 5)), ("d2", range(5, 12))):  # ALMA's D_1, D_2: read in the order given
+        (tmp_path / d).mkdir()
+        for k, part in enumerate((list(rows)[:3], list(rows)[3:])):
+            pq.write_table(pa.table({"prompt": [f"p{i}" for i in part], "response": [f"r{i}" for i in part],
+                                     "extra": part}), tmp_path / d / f"part-{k}.parquet")
+    return [str(tmp_path / "d1"), str(tmp_path / "d2")]
+
+
+def test_small_examples_are_one_table_read_in_order_and_shared_equally(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from alma_ray.train.data import read_examples, table_windows
+
+    table = read_examples(_stages(tmp_path), ["prompt", "response"])
+    assert isinstance(table, pa.Table) and table.column_names == ["prompt", "response"]
+    assert table.column("prompt").to_pylist() == [f"p{i}" for i in range(12)]
+    # 12 rows over 5 ranks: 2 each, the remainder (2 rows) dropped, as Ray Data's equal split does
+    shares = [[p for w in table_windows(table, 4, rank=r, world=5) for p in w["prompt"]] for r in range(5)]
+    assert [len(s) for s in shares] == [2] * 5 and sorted(sum(shares, [])) == sorted(f"p{i}" for i in range(10))
+    assert [len(w["prompt"]) for w in table_windows(table, 5)] == [5, 5, 2]  # one rank: every row, in windows
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_larger_examples_are_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.data
+
+    from alma_ray.train import data
+
+    monkeypatch.setattr(data, "SMALL_EXAMPLES_BYTES", 0)
+    rows = data.read_examples(_stages(tmp_path), ["prompt", "response"])
+    assert isinstance(rows, ray.data.Dataset) and rows.columns() == ["prompt", "response"]
+    assert sorted(r["prompt"] for r in rows.take_all()) == sorted(f"p{i}" for i in range(12))

@@ -19,25 +19,29 @@ def _config(model: str, **train: object) -> AlmaConfig:
         resources={"train_workers": 2}))
 
 
-def _pairs() -> object:
+def _pairs(*, table: bool = False) -> object:
+    """16 preference pairs: a Ray Data dataset (streamed to the workers) or one small table (each worker takes
+    every world-th row), the two ways rows reach training (``alma_ray.train.data.Examples``)."""
+    import pyarrow as pa
     import ray.data
 
     topics = ["rain", "the sea", "bread", "a city", "winter", "a garden", "the moon", "a river"]
-    return ray.data.from_items([
-        {"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}", "rejected": "no"}
-        for t in topics * 2])
+    rows = [{"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}", "rejected": "no"}
+            for t in topics * 2]
+    return pa.Table.from_pylist(rows) if table else ray.data.from_items(rows)
 
 
 @pytest.mark.usefixtures("ray_local")
 def test_dpo_starts_at_log2_and_learns(tiny_model: str, tmp_path: Path) -> None:
-    """DPO with the reference log-probs precomputed in a Ray Data pass (the online mode is unit-tested)."""
+    """DPO with the reference log-probs precomputed in a Ray Data pass (the online mode is unit-tested), on pairs
+    given as a small table (the pass turns them into a dataset)."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "round_001" / "dpo"
     config = _config(tiny_model, zero_stage=2, dpo_reference="precomputed")
     dpo = DPO.of(config.train, completion_template=config.generation.completion_template)
-    metrics = fit(_pairs(), dpo, train=config.train, resources=config.resources, model=tiny_model, out_dir=out,
-                  seed=0)
+    metrics = fit(_pairs(table=True), dpo, train=config.train, resources=config.resources, model=tiny_model,
+                  out_dir=out, seed=0)
     # Policy == reference at the first step: every margin is 0 and the loss is exactly log 2.
     assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
     assert metrics["losses"][-1] < metrics["losses"][0]
@@ -47,14 +51,14 @@ def test_dpo_starts_at_log2_and_learns(tiny_model: str, tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
+    import pyarrow as pa
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "round_001" / "reward"
-    import ray.data
-
-    heldout = ray.data.from_items([{"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}",
-                                    "rejected": "no"} for t in ["snow", "a forest", "the wind", "a bridge"]])
+    # streamed training pairs, held-out pairs as a small table (every rank reads all of them)
+    heldout = pa.Table.from_pylist([{"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}",
+                                     "rejected": "no"} for t in ["snow", "a forest", "the wind", "a bridge"]])
     config = _config(tiny_model, zero_stage=3)
     metrics = fit(_pairs(), Reward(config.generation.completion_template), train=config.train,
                   resources=config.resources, model=tiny_model, out_dir=out, seed=0, heldout=heldout)
@@ -73,14 +77,17 @@ def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
 
 
 def test_missing_columns_are_named(tiny_model: str) -> None:
+    import pyarrow as pa
     import ray.data
 
     from alma_ray.errors import StageInputError
 
     config = _config(tiny_model)
-    with pytest.raises(StageInputError, match="missing \\['chosen', 'rejected'\\]"):
-        fit(ray.data.from_items([{"prompt": "a", "response": "b"}]), DPO(), train=config.train,
-            resources=config.resources, model=tiny_model, out_dir=Path("unused"), seed=0)
+    rows = [{"prompt": "a", "response": "b"}]
+    for examples in (ray.data.from_items(rows), pa.Table.from_pylist(rows)):
+        with pytest.raises(StageInputError, match="missing \\['chosen', 'rejected'\\]"):
+            fit(examples, DPO(), train=config.train, resources=config.resources, model=tiny_model,
+                out_dir=Path("unused"), seed=0)
 
 
 def _registered_state_checkpoint(storage: Path) -> bool:

@@ -141,23 +141,25 @@ def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str
     """The two ``train.dpo_reference`` modes: a reference model inside the step, or ``ReferenceLogprobs`` first."""
     from transformers import AutoModelForCausalLM
 
-    from alma_ray.train.data import ReferenceLogprobs, as_columns
+    from alma_ray.train.data import ReferenceLogprobs
     from alma_ray.train.objectives import DPO
 
     tok = _tokenizer(tiny_model)
-    batch = tokenize_pairs({"prompt": np.array(["Name a color.", "Say hi."]),
-                            "chosen": np.array(["blue is a color", "hi there"]), "rejected": np.array(["no", "x"])},
-                           model=tiny_model, max_seq_len=64, completion_template=TEMPLATE)
-    columns = as_columns(batch)
+    raw = {"prompt": np.array(["Name a color.", "Say hi."]), "chosen": np.array(["blue is a color", "hi there"]),
+           "rejected": np.array(["no", "x"])}
+    dpo = DPO(completion_template=TEMPLATE, beta=0.1)
+    columns = dpo.encode(raw, model=tiny_model, max_seq_len=64)  # what a worker makes of the raw rows
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():  # move the policy away from the reference so the margins are not all zero
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    dpo = DPO(completion_template=TEMPLATE, beta=0.1)
     online, m_online, *_ = dpo.loss(policy, reference, columns, tok.pad_token_id)
-    precomputed = ReferenceLogprobs(tiny_model, tok.pad_token_id)(columns)
+    # the reference pass adds its log-probs to the raw rows; the worker then encodes them and keeps the log-probs
+    with_ref = ReferenceLogprobs(tiny_model, tok.pad_token_id, dpo.tokenizer_fn(model=tiny_model, max_seq_len=64))(raw)
+    assert set(with_ref) == set(raw) | {"chosen_ref_logp", "rejected_ref_logp"}
+    precomputed = dpo.encode(with_ref, model=tiny_model, max_seq_len=64)
     offline, m_offline, *_ = dpo.loss(policy, None, precomputed, tok.pad_token_id)
     assert float(online) == pytest.approx(float(offline), abs=1e-5)
     assert m_online["reward_margin"] == pytest.approx(m_offline["reward_margin"], abs=1e-4)

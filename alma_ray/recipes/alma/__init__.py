@@ -24,7 +24,7 @@ from alma_ray.placement import Plan
 from alma_ray.recipes.alma import report
 from alma_ray.recipes.alma.judge import build_judge
 from alma_ray.recipes.alma.plan import plan
-from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw
+from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw, synthesize
 from alma_ray.recipes.base import Log, Run, RunSummary
 from alma_ray.seed_sft import load_seed_sft
 from alma_ray.seeds import heldout_and_pool, load_seeds
@@ -154,12 +154,14 @@ class ALMARecipe:
                 gate(gated, config.judge.min_accuracy)
             fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
                      if not names_run_model(c.model)}
-            pool = build_pool(config, run, engines, base=base, seeds=fewshot, heldout=heldout,
-                              sampled_later=set(fixed.values()), seed_bad_lines=seeds.skipped_bad_lines)
-            trained = Trained()
-            if heldout:  # the base model's answers: what round 1 is compared with
-                self.evaluate(config, run, engines, 0, model=base, label="base", panel=panel, heldout=heldout,
-                              trained=trained, after=[])
+            synthesis = synthesize(config, run, engines, base=base, seeds=fewshot, heldout=heldout,
+                                   seed_bad_lines=seeds.skipped_bad_lines)
+            trained = Trained()  # the base model's answers (what round 1 is compared with), while its engine is up
+            self.evaluate(config, run, engines, 0, model=base, label="base", panel=panel, heldout=heldout,
+                          trained=trained, after=[])
+            if base not in fixed.values():
+                engines.release(base)
+            pool = build_pool(config, run, engines, synthesis, base=base, seeds=fewshot, heldout=heldout)
             log(f"[round 0] report -> {report.write_round(store.path(0, ''))}")
             for r in range(1, config.rounds + 1):
                 self.round(config, run, engines, r, pool=pool, panel=panel, base=base, fixed=fixed,

@@ -10,7 +10,9 @@
 6. ``judge_eval``: pairwise accuracy on the held-out preference pairs for the base model and both judges, integer
    (the most likely rating) and real-valued (sum p(s) s), in one Serve app with the three as members.
 
-The judge the rounds use is ``judge_distill`` (or ``judge_sft`` when ``distill_pairs`` is 0).
+The judge the rounds use is ``judge_distill`` (or ``judge_sft`` when ``distill_pairs`` is 0). With
+``judge.build.reuse`` (the default) a newly built judge is filed in the cache (``alma_ray.judge.cache``), and a
+later run whose inputs build the same judge takes it from there: one stage, ``judge_reused``, instead of the six.
 """
 
 from __future__ import annotations
@@ -18,20 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 
 from alma_ray.config import AlmaConfig, Checkpoint
 from alma_ray.ids import prompt_id
+from alma_ray.judge import cache
 from alma_ray.judge.serve import Panel
 from alma_ray.recipes.base import Run
 from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Sample, Share
-from alma_ray.stages.judge_build import Annotations, HeldoutAccuracy, distill_rows
+from alma_ray.stages.judge_build import Annotations, HeldoutAccuracy, ReusedJudge, distill_rows
 from alma_ray.stages.score import Score
 from alma_ray.stages.train import Train
 from alma_ray.store import StageResult
-from alma_ray.train.data import one_hot_ratings
+from alma_ray.train.data import Examples, one_hot_ratings
 from alma_ray.train.objectives import JudgeRating
 
 ROUND = 0
@@ -49,14 +52,22 @@ class BuiltJudge:
 
 def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, judge_start: str,
                 seed_prompts: list[str]) -> BuiltJudge:
-    """Run (or resume) the judge-building stages."""
+    """Run (or resume) the judge-building stages, or take the judge from the cache (``judge.build.reuse``)."""
     build = config.judge.build
     assert build is not None
+    key_inputs = cache.key_inputs(config, judge_start=judge_start, base=base, seed_prompts=seed_prompts)
+    key = cache.judge_key(key_inputs)
+    store = run.store
+    if build.reuse and store.manifest(ROUND, "annotations") is None:  # this run has not started a build itself
+        cached = cache.lookup(key)
+        if cached is not None or store.manifest(ROUND, ReusedJudge.name) is not None:
+            reused = run.stage(ROUND, ReusedJudge(key, cached))
+            return BuiltJudge(str(reused.path), reused.manifest.stage, reused.manifest.stats["table"])
     annotations = run.stage(ROUND, Annotations(build, seed=config.seed))
     table = pq.read_table(annotations.path).to_pylist()  # annotations are small (thousands of rows)
     train_rows = [r for r in table if r["split"] == "train"]
-    examples = ray.data.from_items([{"prompt": r["prompt"], "response": r["response"], "target": t}
-                                    for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
+    examples = pa.Table.from_pylist([{"prompt": r["prompt"], "response": r["response"], "target": t.tolist()}
+                                     for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
     engines.before_training()
     sft = run.stage(ROUND, judge_training(config, "judge_sft", model=judge_start, examples=examples),
                     after=[annotations])
@@ -74,10 +85,15 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
     held = [r for r in table if r["split"] == "heldout"]
     evaluated = run.stage(ROUND, HeldoutAccuracy(config.judge, members, held, engines),
                           after=trained)
-    return BuiltJudge(str(trained[-1].path), trained[-1].manifest.stage, evaluated.manifest.stats["table"])
+    built = BuiltJudge(str(trained[-1].path), trained[-1].manifest.stage, evaluated.manifest.stats["table"])
+    if build.reuse:
+        filed = cache.publish(key, trained[-1].path, {"table": built.table, "stage": built.stage,
+                                                      "built_by": str(store.run_dir), "inputs": key_inputs})
+        run.log(f"judge filed for reuse: {filed}")
+    return built
 
 
-def judge_training(config: AlmaConfig, name: str, *, model: str, examples: ray.data.Dataset,
+def judge_training(config: AlmaConfig, name: str, *, model: str, examples: Examples,
                    run_name: str | None = None, **figures: Any) -> Train:
     """A judge-training stage: the rating loss with the judge build's settings (``AlmaConfig.judge_training``)."""
     j = config.judge
@@ -90,7 +106,7 @@ def distill(config: AlmaConfig, name: str, *, judge: str, scores: StageResult, t
             run_name: str | None = None) -> Train:
     """Self-distillation: training continues from ``judge`` on its own scores of the distill pairs."""
     rows = distill_rows(scores.path, target)
-    return judge_training(config, name, model=judge, examples=ray.data.from_items(rows), run_name=run_name,
+    return judge_training(config, name, model=judge, examples=pa.Table.from_pylist(rows), run_name=run_name,
                           target=target)
 
 

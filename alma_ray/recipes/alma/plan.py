@@ -40,7 +40,8 @@ def plan(config: AlmaConfig) -> Plan:
     steps = []
     # One pool of sampling engines per model, kept up for every stage that samples it.
     base_uses = ["distill_pairs"] if build is not None and build.distill_pairs else []
-    base_uses += ["synthesis"] + (["responses of every round"] if config.base_model in models else [])
+    base_uses += ["synthesis"] + (["probe (the base model)"] if config.synthesis.heldout else []) + (
+        ["responses of every round"] if config.base_model in models else [])
     if build is not None:
         pools.append(train_pool("judge_sft", "judge-train-worker", res))
         built = ["annotations", "judge_sft"]
@@ -62,8 +63,9 @@ def plan(config: AlmaConfig) -> Plan:
                                  lifetime=", ".join(base_uses) if len(base_uses) > 1 else ""))
     pools.append(engine_pool("embeddings", "base-embedder", n, engine=eng, resources=res, gpus=1.0))
     judges = " + eval_judges" if config.eval.judges else ""
-    base_eval = f" -> probe -> eval{judges} -> eval_summary (the base model)" if config.synthesis.heldout else ""
-    steps.append(("round 0", "prompt pool: synthesis -> pool -> embeddings -> clusters" + base_eval))
+    base_eval = f" -> probe -> eval{judges} -> eval_summary (the base model, while its engines are up)" \
+        if config.synthesis.heldout else ""
+    steps.append(("round 0", "synthesis" + base_eval + " -> prompt pool: pool -> embeddings -> clusters"))
     for model in dict.fromkeys(m for m in models if m != config.base_model and m != LATEST):
         when = "rounds 2-" if model.startswith(ROUND_ONE) else "every round"
         pools.append(engine_pool("responses", f"sampler:{model}", n, engine=eng, resources=res,

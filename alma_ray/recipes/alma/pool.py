@@ -11,7 +11,6 @@ Stages, each committed to the run directory and skipped when a rerun finds it do
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from alma_ray.config import AlmaConfig
@@ -32,16 +31,22 @@ class PromptPool:
     embeddings: StageResult
 
 
-def build_pool(config: AlmaConfig, run: Run, engines: Engines, *, base: str, seeds: list[str],
-               heldout: list[str], sampled_later: Collection[str], seed_bad_lines: int = 0) -> PromptPool:
-    """Run (or resume) the round-0 pool stages from the few-shot ``seeds`` (``heldout`` prompts are never shown
-    and never kept). The base model's sampling engines are given back after synthesis unless it is among the
-    models ``sampled_later``."""
+def synthesize(config: AlmaConfig, run: Run, engines: Engines, *, base: str, seeds: list[str], heldout: list[str],
+               seed_bad_lines: int = 0) -> StageResult:
+    """Run (or resume) round 0's few-shot synthesis from ``seeds`` with the base model's engines (``heldout``
+    prompts are never shown and never kept). The engines stay up: the recipe gives them back when it is done
+    with the base model."""
+    return run.stage(0, Synthesize(config.synthesis, model=base, source=config.base_model, seeds=seeds,
+                                   known=heldout, seed=config.seed, engines=engines, seed_bad_lines=seed_bad_lines))
+
+
+def build_pool(config: AlmaConfig, run: Run, engines: Engines, synthesis: StageResult, *, base: str,
+               seeds: list[str], heldout: list[str]) -> PromptPool:
+    """Run (or resume) the rest of round 0's pool from the ``synthesis`` candidates: dedup (against each other,
+    the ``seeds`` and the ``heldout`` prompts), embeddings, k-means."""
     syn, engine, res = config.synthesis, config.engine, config.resources
-    synthesis = run.stage(0, Synthesize(syn, model=base, source=config.base_model, seeds=seeds, known=heldout,
-                                        seed=config.seed, engines=engines, seed_bad_lines=seed_bad_lines))
-    if base not in sampled_later:
-        engines.release(base)
+    if not res.use_gpu:
+        engines.make_room(res.engines_per_checkpoint * res.cpus_per_engine)  # the embedder's pool
     pool = run.stage(0, Dedup(syn.dedup, reference=[*seeds, *heldout], partitions=shuffle_partitions(
         syn.num_requests), filters=synthesis.manifest.stats["filters"]), read=synthesis)
     embeddings = run.stage(0, Embed(base, label=config.base_model, cfg=syn.embedding, engine=engine, resources=res),

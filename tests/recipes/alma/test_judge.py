@@ -1,5 +1,6 @@
 """Building the judge (round 0): annotations -> fine-tune -> self-distill on base-model pairs -> accuracy table,
-through the real Ray Train, vLLM and Serve paths on the tiny model; a rerun skips every stage."""
+through the real Ray Train, vLLM and Serve paths on the tiny model; a rerun skips every stage; another run with the
+same inputs takes the judge from the cache."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from alma_ray.stages.engines import Engines
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: Path) -> None:
+def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALMA_RAY_CACHE", str(tmp_path / "cache"))  # the judge cache starts empty (models resolved)
     annotations = tmp_path / "ratings.jsonl"
     # The three answers to a question have the same length: the rating is carried by a word (7 letters each, one of
     # three per rating, varying with the question, said 8 times so that a 2-layer random model can learn it in 60
@@ -72,3 +75,18 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
         build_judge(config, rerun, engines, base=tiny_model, judge_start=tiny_model, seed_prompts=seed_prompts)
     assert [r.manifest.stage for r in rerun.summary.results if not r.skipped] == []
     assert len(rerun.summary.results) == 6
+
+    # another run that would build the same judge takes it from the cache: one stage, the same weights and table
+    (filed,) = (tmp_path / "cache" / "judges").iterdir()
+    meta = json.loads((filed / "judge.json").read_text())
+    assert meta["stage"] == "judge_distill" and meta["table"] == table and meta["built_by"].endswith("judge-test")
+    other = config.model_copy(update={"name": "judge-test-2"})
+    again = Run(open_store(other))
+    with Engines(other.engine, other.resources) as engines:
+        reused = build_judge(other, again, engines, base=tiny_model, judge_start=tiny_model,
+                             seed_prompts=seed_prompts)
+    assert [r.manifest.stage for r in again.summary.results] == ["judge_reused"]
+    assert reused.stage == "judge_reused" and reused.table == table
+    weights = [Path(d, "model.safetensors").read_bytes() for d in (judge, reused.model)]
+    assert weights[0] == weights[1] and Path(reused.model, "tokenizer.json").is_file()
+    assert again.summary.results[0].manifest.stats["built_by"].endswith("judge-test")

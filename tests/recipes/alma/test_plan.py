@@ -19,7 +19,7 @@ def test_cpu_plan_fits_the_largest_stage_beside_the_engines_kept_up() -> None:
     assert p.cpus_needed == 3.0 + 2.0 and p.gpus_needed == 0.0  # training beside the two kept engines
     text = p.describe()
     assert "prompts -> responses [tiny-a x2, tiny-b x1]" in text
-    assert "kept up: synthesis, responses of every round" in text
+    assert "kept up: synthesis, probe (the base model), responses of every round" in text
 
 
 def test_gpu_plan_gives_each_engine_its_gpus() -> None:

@@ -2,27 +2,20 @@
 measured before any data is made and stops the run when the judge is below the bar; round 1 is seed SFT with two
 seeds and samples nothing; rounds 2-3 sample M1a : M1b (: latest from round 3) and train from the base on
 D_1..D_r; every round is evaluated on the held-out prompts. Then the DPO variant, and bad inputs refused before any
-work."""
+work. The runs are the session's (``tests/conftest.py``), which the e2e tests read too."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import PublishedRun, alma_cli
+
 pytestmark = pytest.mark.e2e
-
-
-def _cli(out: Path, address: str, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "alma_ray.cli", "run", "--config",
-                           str(REPO / "jobs/configs/alma-tiny.yaml"), "--address", address, f"output_dir={out}",
-                           *overrides], capture_output=True, text=True, timeout=1800, cwd=REPO)
 
 
 def _stats(stage: Path) -> dict[str, Any]:
@@ -30,19 +23,17 @@ def _stats(stage: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, ray_address: str) -> Path:
-    out = tmp_path_factory.mktemp("published")
-    done = _cli(out, ray_address)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    lines = done.stdout.splitlines()
+def published(alma_tiny_run: PublishedRun) -> Path:
+    """The session's alma-tiny run (``tests/conftest.py``: 2 rounds by ``ray job submit``, extended to 3)."""
+    lines = alma_tiny_run.first_stdout.splitlines()
     first = [next(i for i, line in enumerate(lines) if f"] {stage} " in line) for stage in ("judge_gate", "synthesis")]
     assert first[0] < first[1]  # the gate is measured before any data is made
-    return out / "alma-tiny"
+    return alma_tiny_run.run_dir
 
 
 def test_the_gate_stops_a_judge_below_the_bar_and_the_same_run_goes_on_below_it(published: Path,
                                                                                   ray_address: str) -> None:
-    stopped = _cli(published.parent, ray_address, "judge.min_accuracy=1.0")  # the bar is not in the run's digest
+    stopped = alma_cli(published.parent, ray_address, "judge.min_accuracy=1.0")  # the bar is not in the run's digest
     assert stopped.returncode == 2, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     error = next(line for line in stopped.stderr.splitlines() if line.startswith("alma-ray: error:"))
     assert error.startswith("alma-ray: error: judge gate: embedded:tiny-llama ordered "), error
@@ -91,13 +82,8 @@ def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) 
     assert "## Evaluation: held-out prompts" in (published / "round_003" / "report.md").read_text()
 
 
-def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(published: Path, ray_address: str) -> None:
-    out = published.parent
-    proc = _cli(out, ray_address, "name=alma-tiny-dpo", "train.objective=dpo", "rounds=2",  # the smallest run
-                "train.round_one_seeds=1", "generation.checkpoints=[{name: m1a, model: 'round_one:0'}]",
-                "synthesis.num_requests=12", "synthesis.clustering.clusters=4", "train.epochs=1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    r2 = out / "alma-tiny-dpo" / "round_002"
+def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(dpo_run: tuple[Path, dict]) -> None:
+    r2 = dpo_run[0] / "round_002"  # tests/conftest.py DPO_VARIANT: the smallest run
     pairs = pq.read_table(r2 / "pairs").to_pandas()
     assert len(pairs) == 4 and (pairs.chosen_score >= pairs.rejected_score).all()
     assert (pairs.chosen != pairs.rejected).all() and set(pairs.rejected_by) == {"random"}
@@ -111,10 +97,10 @@ def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(published: Path
 def test_bad_inputs_stop_before_any_work(tmp_path: Path, ray_address: str) -> None:
     bad = tmp_path / "sft.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
-    proc = _cli(tmp_path, ray_address, f"seed_sft.sources=[{bad}]")
+    proc = alma_cli(tmp_path, ray_address, f"seed_sft.sources=[{bad}]")
     assert proc.returncode == 2 and f"{bad}:2: 'response' must be a non-empty string" in proc.stderr, proc.stderr
-    proc = _cli(tmp_path, ray_address, "judge.gate_pairs=[embedded:nope]")
+    proc = alma_cli(tmp_path, ray_address, "judge.gate_pairs=[embedded:nope]")
     assert proc.returncode == 2 and "unknown embedded preference set" in proc.stderr, proc.stderr
-    proc = _cli(tmp_path, ray_address, "generation.checkpoints=[{name: m1c, model: 'round_one:2'}]")
+    proc = alma_cli(tmp_path, ray_address, "generation.checkpoints=[{name: m1c, model: 'round_one:2'}]")
     assert proc.returncode == 2 and "round_one:2" in proc.stderr, proc.stderr
     assert not (tmp_path / "alma-tiny").exists() or not list((tmp_path / "alma-tiny").glob("round_*/*/_MANIFEST.json"))

@@ -82,21 +82,18 @@ def lookup(key: str) -> Path | None:
     return folder if (folder / META).is_file() else None
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def copy_judge(src: Path, dst: Path) -> None:
+    """The judge's HF folder from ``src`` into ``dst`` (hard links where the file system allows), without the
+    stage manifest or the cache's ``judge.json``."""
     dst.mkdir(parents=True, exist_ok=True)
     for path in src.iterdir():
         if path.is_dir():
-            _link_or_copy(path, dst / path.name)
-        elif path.name != "_MANIFEST.json":
+            copy_judge(path, dst / path.name)
+        elif path.name not in ("_MANIFEST.json", META):
             try:
                 os.link(path, dst / path.name)  # same file system: no copy of the weights
             except OSError:
                 shutil.copy2(path, dst / path.name)
-
-
-def copy_judge(src: Path, dst: Path) -> None:
-    """The judge's HF folder from ``src`` into ``dst`` (hard links where the file system allows)."""
-    _link_or_copy(src, dst)
 
 
 def publish(key: str, model_dir: Path, meta: dict[str, Any]) -> Path:

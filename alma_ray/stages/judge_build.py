@@ -158,7 +158,6 @@ class ReusedJudge(Stage):
             raise FileNotFoundError(f"no cached judge under key {self.key}")
         meta = json.loads((self.cached / META).read_text())
         copy_judge(self.cached, out)
-        (out / META).unlink()
         return self.counted(1, key=self.key, cached=str(self.cached), table=meta["table"],
                             built_stage=meta["stage"], built_by=meta["built_by"])
 

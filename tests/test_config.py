@@ -10,7 +10,11 @@ PRESETS = sorted((Path(__file__).parent.parent / "jobs" / "configs").glob("*.yam
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_every_shipped_preset_loads(preset: Path) -> None:
     config = load_config(preset)
-    assert config.generation.checkpoints and config.judge.model and config.base_model
+    assert config.base_model
+    if config.recipe == "alma":
+        assert config.generation.checkpoints and config.judge.model
+    else:
+        assert config.responses.grid and config.player.name in config.responses.tiers[0]
 
 
 def test_overrides_are_typed_and_nested() -> None:
@@ -79,3 +83,19 @@ def test_a_key_given_twice_and_a_name_outside_output_dir_are_refused(tmp_path: P
         with pytest.raises(ConfigError, match="'name'"):
             load_config(PRESETS[0], [f"name='{name}'"])
     assert load_config(PRESETS[0], ["name=run.v2"]).name == "run.v2"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("responses.rubric=[faithful3, hhh3, nope]", "rubric names 'nope', which is not in responses.grid"),
+    ("responses.rubric=[faithful3, hhh3]", r"entries \['hhh1'\] are not in responses.rubric"),
+    ("responses.rubric=[[faithful3, hhh3, hhh1]]", "at least 2 items|one tier"),
+    ("selfplay.k=1", "'selfplay.k' = 1"),
+    ("selfplay.turns=9", "'selfplay.turns' = 9"),
+    ("selfplay.config=nope", "selfplay.config 'nope' is not in responses.grid"),
+    ("responses.grid=[{name: faithful3, demos: nope}, {name: hhh3}, {name: hhh1}]",
+     "demos 'nope' is not a key of demonstrations"),
+    ("responses.rules=[empty, rhymes]", r"unknown \['rhymes'\]"),
+])
+def test_almost_grid_rubric_and_ranges_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(PRESETS[0].parent / "almost-tiny.yaml", [override])

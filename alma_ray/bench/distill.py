@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import pyarrow.parquet as pq
 
-    from alma_ray.config import load_config
+    from alma_ray.config import AlmaConfig, load_config
     from alma_ray.judge.annotations import accuracy_table
     from alma_ray.judge.serve import Panel
     from alma_ray.models.registry import resolve_model
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     from alma_ray.store import RunStore
 
     config = load_config(args.run_dir / "config.yaml")
+    if not isinstance(config, AlmaConfig):
+        raise SystemExit(f"{args.run_dir} is a {config.recipe} run: measure-distill needs an ALMA run with judge.build")
     init_ray(recipe_for(config).plan(config))
     base, sft = resolve_model(config.base_model), str(r0 / "judge_sft")
     seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,

@@ -8,6 +8,11 @@ A source is a JSONL or parquet file of ``prompt``/``chosen``/``rejected`` rows, 
   off-topic copy of the chosen one, so it is not made the way the demo annotations are
   (``alma_ray.judge.annotations``). Not judged by independent people: a smoke gate, labelled as such on every row.
 
+- ``mt-bench-synthetic``: the held-out style pairs of the synthetic MT-Bench annotations
+  (``alma_ray.judge.annotations``: every two variants of a question with different scores). Made by the same
+  procedure as the judge's demo annotations, so never a fair gate for a judge trained on them; ALMoST's reward
+  model checks itself on them (it never saw them).
+
 Each pair keeps ``source`` and ``origin``.
 """
 
@@ -24,6 +29,18 @@ EMBEDDED = {"tiny-preferences": (TINY_PREFERENCES, "written for alma_ray by its 
                                                    "human judgments): plausible but wrong rejected answers")}
 
 
+SYNTHETIC = "mt-bench-synthetic"
+
+
+def synthetic_pairs(source: str) -> list[dict[str, Any]]:
+    """The synthetic MT-Bench preference pairs (see the module doc), labelled as such."""
+    from alma_ray.judge.annotations import demo_annotations, preference_pairs
+
+    return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "source": source,
+             "origin": f"synthetic: MT-Bench {p['chosen_method']} over {p['rejected_method']} "
+                       "(alma_ray.judge.annotations)"} for p in preference_pairs(demo_annotations())]
+
+
 class PreferenceError(AlmaError, ValueError):
     """A preference file that cannot be used; the message names the file and line."""
 
@@ -34,9 +51,12 @@ def load_preferences(sources: list[str]) -> list[dict[str, Any]]:
     for source in sources:
         if source.startswith("embedded:"):
             name = source.removeprefix("embedded:")
-            if name not in EMBEDDED:
+            if name not in EMBEDDED and name != SYNTHETIC:
                 raise PreferenceError(f"unknown embedded preference set {source!r}; known: "
-                                      + ", ".join(f"embedded:{k}" for k in EMBEDDED))
+                                      + ", ".join(f"embedded:{k}" for k in [*EMBEDDED, SYNTHETIC]))
+            if name == SYNTHETIC:
+                pairs += synthetic_pairs(source)
+                continue
             path, origin = EMBEDDED[name]
         else:
             path, origin = Path(source).expanduser(), f"preference file {source}"

@@ -1,5 +1,6 @@
-"""The recipes: ``config.recipe`` names one (``alma``). Each is a package with its ``Recipe`` (``plan``, ``run``,
-``report``) in ``__init__`` and its parts beside it; ``alma_ray.recipes.base`` says what a recipe is."""
+"""The recipes: ``config.recipe`` names one (``alma``, ``almost``). Each is a package with its ``Recipe``
+(``plan``, ``run``, ``report``) in ``__init__`` and its parts beside it; ``alma_ray.recipes.base`` says what a
+recipe is."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from alma_ray.recipes.base import Recipe
 def recipe_for(config: AnyConfig) -> Recipe:
     """The recipe ``config.recipe`` names."""
     from alma_ray.recipes.alma import ALMA
+    from alma_ray.recipes.almost import ALMOST
 
-    recipes: dict[str, Recipe] = {"alma": ALMA}
+    recipes: dict[str, Recipe] = {"alma": ALMA, "almost": ALMOST}
     return recipes[config.recipe]
 
 

@@ -30,6 +30,7 @@ from alma_ray.config import EngineConfig, ResourcesConfig
 from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
 from alma_ray.ids import stable_seed
 from alma_ray.judge.serve import APP, ROUTE, Panel, build_app
+from alma_ray.reward import RewardServer
 from alma_ray.store import text_digest
 
 
@@ -196,6 +197,7 @@ class Engines:
         The next pool takes them before starting new processes (on GPU an actor given back ends, freeing its
         devices)."""
         self.apps: dict[Panel, str] = {}
+        self.rewards: dict[RewardServer, str] = {}
 
     def __enter__(self) -> Engines:
         self.clean_up_dead_apps()
@@ -254,7 +256,24 @@ class Engines:
             self.log(f"engines: judge app {name} up ({len(panel.judges)} judge(s){where})")
         return self.apps[panel]
 
-    def stop_judge(self, panel: Panel) -> None:
+    def reward_app(self, server: RewardServer) -> str:
+        """The name of the Serve application scoring with the reward model ``server`` (handle only), started on
+        the first ask and kept until given back (``keep_only``, ``before_training``)."""
+        if server not in self.rewards:
+            name = f"{self.app}-rm-{len(self.rewards)}"
+            if not self.resources.use_gpu:
+                self.make_room(self.resources.judge_engines * self.resources.cpus_per_engine)
+            serve.start(http_options={"host": "127.0.0.1"})
+            serve.run(server.app(self.engine, self.resources), name=name, route_prefix=None)
+            self.rewards[server] = name
+            self.log(f"engines: reward app {name} up ({server.label or server.model})")
+        return self.rewards[server]
+
+    def stop_judge(self, panel: Panel | RewardServer) -> None:
+        if isinstance(panel, RewardServer):
+            if (name := self.rewards.pop(panel, None)) is not None:
+                serve.delete(name)
+            return
         if (name := self.apps.pop(panel, None)) is not None:
             serve.delete(name)
 
@@ -280,12 +299,13 @@ class Engines:
             self.end_spares()
             _free_cpus(cpus)
 
-    def keep_only(self, models: Collection[str], panels: Collection[Panel] = ()) -> None:
-        """Give back every sampling engine whose model is not in ``models`` and every judge app not in
+    def keep_only(self, models: Collection[str], panels: Collection[Panel | RewardServer] = ()) -> None:
+        """Give back every sampling engine whose model is not in ``models`` and every judge or reward app not in
         ``panels``."""
         for model in [m for m in self.pools if m not in models]:
             self.release(model)
-        for panel in [p for p in self.apps if p not in panels]:
+        held: list[Panel | RewardServer] = [*self.apps, *self.rewards]
+        for panel in [p for p in held if p not in panels]:
             self.stop_judge(panel)
 
     def before_training(self) -> None:
@@ -297,7 +317,7 @@ class Engines:
             return
         res = self.resources
         need = res.train_workers * res.cpus_per_train_worker + DATA_CPUS
-        held = [("pool", m) for m in self.pools] + [("app", p) for p in self.apps]
+        held = [("pool", m) for m in self.pools] + [("app", p) for p in [*self.apps, *self.rewards]]
         self.make_room(need)  # spares first: they hold CPUs and serve nothing now
         free = _free_cpus(need, wait_s=0)
         while held and free < need:

@@ -31,18 +31,20 @@ def select_best(scored: Dataset, *, expected_rows: int) -> Dataset:
     return per_prompt(scored, _best, expected_rows=expected_rows)
 
 
-def per_prompt(scored: Dataset, pick: Any, *, expected_rows: int, **kwargs: Any) -> Dataset:
-    """``pick(group, **kwargs)`` of every prompt's valid (unflagged) rows, in prompt_id order.
+def per_prompt(scored: Dataset, pick: Any, *, expected_rows: int, valid: str = "judge_flag == ''",
+               **kwargs: Any) -> Dataset:
+    """``pick(group, **kwargs)`` of every prompt's ``valid`` rows (default: unflagged by the judge), in prompt_id
+    order.
 
     Up to ``SMALL_ROWS`` rows one task groups them all; beyond, a hash shuffle by prompt."""
-    valid = scored.filter(expr="judge_flag == ''")
+    rows = scored.filter(expr=valid)
     if expected_rows <= SMALL_ROWS:
         def each(rows: pd.DataFrame) -> pd.DataFrame:
             picked = [pick(g, **kwargs) for _, g in rows.groupby("prompt_id", sort=True)] if len(rows) else []
             return pd.concat(picked) if picked else pick(rows.head(0), **kwargs)
 
-        return valid.map_batches(each, batch_format="pandas", batch_size=max(1, expected_rows))
-    return valid.groupby("prompt_id", num_partitions=shuffle_partitions(expected_rows)).map_groups(
+        return rows.map_batches(each, batch_format="pandas", batch_size=max(1, expected_rows))
+    return rows.groupby("prompt_id", num_partitions=shuffle_partitions(expected_rows)).map_groups(
         pick, batch_format="pandas", fn_kwargs=kwargs)
 
 

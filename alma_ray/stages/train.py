@@ -32,16 +32,24 @@ class Train(Stage):
     run_name: str | None = None
     figures_extra: dict[str, Any] = field(default_factory=dict)
     """Recorded beside the training metrics (e.g. which targets a judge trained on)."""
+    where: list[tuple[str, str, Any]] | None = None
+    """Only the example rows matching these pyarrow filters (e.g. a comparisons stage's train split)."""
+    heldout: list[tuple[str, str, Any]] | None = None
+    """Rows of the same stages matching these filters are evaluated after training (``fit``'s ``heldout``: the
+    reward model's ``heldout_pair_accuracy``); none matching: no evaluation."""
 
-    def rows(self) -> Examples:
+    def rows(self, where: list[tuple[str, str, Any]] | None = None) -> Examples:
         if isinstance(self.examples, list):
-            return read_examples(self.examples, list(self.objective.columns))
+            return read_examples(self.examples, list(self.objective.columns), where or self.where)
         return self.examples
 
     def write(self, data: Any, out: Path) -> StageOutput:
         rows = self.rows()
+        heldout = self.rows(self.heldout) if self.heldout else None
+        if isinstance(heldout, pa.Table) and heldout.num_rows == 0:
+            heldout = None
         metrics = fit(rows, self.objective, train=self.train, resources=self.resources, model=self.model,
-                      out_dir=out, seed=self.seed, run_name=self.run_name)
+                      out_dir=out, seed=self.seed, run_name=self.run_name, heldout=heldout)
         count = rows.num_rows if isinstance(rows, pa.Table) else rows.count()
         return StageOutput(rows=count, stats={**self.figures_extra,
                                               **{k: v for k, v in metrics.items() if k != "losses"}})

@@ -40,13 +40,15 @@ SMALL_EXAMPLES_BYTES = 64 << 20
 """Parquet examples up to this size on disk are read on the driver into one table instead of streamed."""
 
 
-def read_examples(dirs: list[str], columns: list[str]) -> Examples:
-    """The ``columns`` of committed stages' rows (in the order given, each directory's files sorted): a table when
-    they are small, else a lazy dataset."""
+def read_examples(dirs: list[str], columns: list[str], where: list[tuple[str, str, Any]] | None = None) -> Examples:
+    """The ``columns`` of committed stages' rows (in the order given, each directory's files sorted), only those
+    matching ``where`` (pyarrow filters, e.g. ``[("split", "==", "train")]``): a table when they are small, else a
+    lazy dataset."""
     files = [f for d in dirs for f in (sorted(Path(d).rglob("*.parquet")) if Path(d).is_dir() else [Path(d)])]
     if sum(f.stat().st_size for f in files) > SMALL_EXAMPLES_BYTES:
-        return ray.data.read_parquet(dirs).select_columns(columns)
-    tables = [pq.read_table(f, columns=columns) for f in files]
+        expr = pq.filters_to_expression(where) if where else None
+        return ray.data.read_parquet(dirs, filter=expr).select_columns(columns)
+    tables = [pq.read_table(f, columns=columns, filters=where) for f in files]
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({c: [] for c in columns})
 
 
@@ -67,32 +69,41 @@ def _tokenizer(model: str) -> Any:
 
 
 def encode_example(tok: Any, prompt: str, response: str, *, max_seq_len: int, completion_template: str,
-                   eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of prompt + response and labels that are -100 everywhere but the response (and its EOS)."""
-    chat = uses_chat_template(tok, None)
+                   eos: bool = True, chat: bool | None = None, keep_response: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of prompt + response and labels that are -100 everywhere but the response (and its EOS). ``chat``:
+    wrap the prompt in the tokenizer's chat template (None: when it has one; False: ``completion_template``).
+    Longer than ``max_seq_len``: the end is cut, or with ``keep_response`` the prompt's start (after its first
+    token), so the response (a long dialogue's last turn) is what the model reads last."""
+    chat = uses_chat_template(tok, chat)
     p = prompt_ids(tok, prompt, chat=chat, completion_template=completion_template)
     r = tok.encode(response if chat else " " + response, add_special_tokens=False)
     if eos:
         r = r + [tok.eos_token_id]
+    if keep_response and len(p) + len(r) > max_seq_len:
+        r = r[: max_seq_len - 2]
+        p = p[:1] + p[len(p) - (max_seq_len - len(r) - 1):]
     ids = np.array((p + r)[:max_seq_len], dtype=np.int64)
     labels = np.array(([IGNORE] * len(p) + r)[:max_seq_len], dtype=np.int64)
     return ids, labels
 
 
 def tokenize_sft(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int,
-                 completion_template: str) -> dict[str, list[Any]]:
+                 completion_template: str, chat: bool | None = None, keep_response: bool = False
+                 ) -> dict[str, list[Any]]:
     tok = _tokenizer(model)
     out: dict[str, list[Any]] = {"input_ids": [], "labels": []}
     for prompt, response in zip(batch["prompt"], batch["response"]):
         ids, labels = encode_example(tok, str(prompt), str(response), max_seq_len=max_seq_len,
-                                     completion_template=completion_template)
+                                     completion_template=completion_template, chat=chat,
+                                     keep_response=keep_response)
         out["input_ids"].append(ids)
         out["labels"].append(labels)
     return out
 
 
 def tokenize_pairs(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int, completion_template: str,
-                   eos: bool = True) -> dict[str, list[Any]]:
+                   eos: bool = True, chat: bool | None = None, keep_response: bool = False) -> dict[str, list[Any]]:
     """(prompt, chosen, rejected) rows for DPO (``eos=True``) and the reward model (``eos=False``: the scalar
     head reads the last response token)."""
     tok = _tokenizer(model)
@@ -100,7 +111,8 @@ def tokenize_pairs(batch: dict[str, np.ndarray], *, model: str, max_seq_len: int
     for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
         for side, response in (("chosen", chosen), ("rejected", rejected)):
             ids, labels = encode_example(tok, str(prompt), str(response), max_seq_len=max_seq_len,
-                                         completion_template=completion_template, eos=eos)
+                                         completion_template=completion_template, eos=eos, chat=chat,
+                                         keep_response=keep_response)
             out[f"{side}_input_ids"].append(ids)
             out[f"{side}_labels"].append(labels)
     return out

@@ -101,10 +101,15 @@ class SFT(Objective):
     name: ClassVar[str] = "sft"
     columns: ClassVar[tuple[str, ...]] = ("prompt", "response")
     completion_template: str = DEFAULT_TEMPLATE
+    chat: bool | None = None
+    """Wrap prompts in the tokenizer's chat template: None when it has one; False: ``completion_template``."""
+    keep_response: bool = False
+    """Too long: cut the prompt's start instead of the response's end (``encode_example``)."""
 
     def tokenizer_fn(self, *, model: str, max_seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
         return functools.partial(tokenize_sft, model=model, max_seq_len=max_seq_len,
-                                 completion_template=self.completion_template)
+                                 completion_template=self.completion_template, chat=self.chat,
+                                 keep_response=self.keep_response)
 
     def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
         from alma_ray.train.losses import sft_loss
@@ -122,10 +127,15 @@ class _Pairs(Objective):
     columns: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
     eos: ClassVar[bool] = True
     completion_template: str = DEFAULT_TEMPLATE
+    chat: bool | None = None
+    """Wrap prompts in the tokenizer's chat template: None when it has one; False: ``completion_template``."""
+    keep_response: bool = False
+    """Too long: cut the prompt's start instead of the response's end (``encode_example``)."""
 
     def tokenizer_fn(self, *, model: str, max_seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
         return functools.partial(tokenize_pairs, model=model, max_seq_len=max_seq_len,
-                                 completion_template=self.completion_template, eos=self.eos)
+                                 completion_template=self.completion_template, eos=self.eos, chat=self.chat,
+                                 keep_response=self.keep_response)
 
     @staticmethod
     def both(batch: dict[str, Any], pad_id: int, device: Any) -> tuple[int, dict[str, Any]]:

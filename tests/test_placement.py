@@ -1,5 +1,7 @@
 """The placement primitives: what an engine or training pool reserves on CPU and GPU, and what a plan needs."""
 
+from pathlib import Path
+
 from alma_ray.config import EngineConfig, ResourcesConfig
 from alma_ray.placement import Plan, engine_pool, train_pool
 
@@ -19,3 +21,15 @@ def test_a_plan_needs_its_largest_stage_plus_the_data_tasks() -> None:
              steps=(("round 1", "a -> b"),))
     assert p.stages == ["a", "b"] and p.cpus_needed == 3.0 and p.gpus_needed == 0.0
     assert "round 1      a -> b" in p.describe()
+
+
+def test_training_memory_is_estimated_from_the_model_folder(tmp_path: Path) -> None:
+    from alma_ray.config import TrainConfig
+    from alma_ray.placement import GiB, training_bytes
+
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16", "text_config": {"vocab_size": 1000}}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)  # 500 bf16 weights: 2,000 bytes in fp32
+    train = TrainConfig(micro_batch=2, max_seq_len=16)
+    per_worker = 4 * 2000 + 3 * 2 * 16 * 1000 * 4 + GiB
+    assert training_bytes(str(tmp_path), train, workers=2) == 2 * per_worker
+    assert training_bytes("org/not-a-folder", train, workers=2) == 0  # unknown: no memory check

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         pairs = run.stage(0, distill_pairs(config, engines, base=base, seed_prompts=pool, m=args.pairs,
                                            name="pairs"))
         scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), engines, keep=False), read=pairs)
-        engines.before_training()
+        engines.before_training(sft, config.judge_training)
         trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
                                                 run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"),
                                      after=[scores])
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, Any] = {"bench": "distill_target", "run_dir": str(args.run_dir), "pairs": args.pairs,
                                "heldout_pairs": table[0]["pairs"], "steps": trained[TARGETS[0]].manifest.stats["steps"]}
     for r in table:
+        if r["scores"] == "length":  # the longer-answer baseline
+            figures["length_baseline"] = r["accuracy"]
+            continue
         kind = "int" if r["scores"] == "integer" else "real"
         figures[f"{r['judge']}_{kind}"] = r["accuracy"]
         figures[f"{r['judge']}_{kind}_ties"] = r["ties"]

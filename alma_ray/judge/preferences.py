@@ -4,9 +4,10 @@ select data (``judge.min_accuracy``).
 A source is a JSONL or parquet file of ``prompt``/``chosen``/``rejected`` rows, or ``embedded:<name>``:
 
 - ``tiny-preferences``: 12 pairs written for alma_ray by its developers (``alma_ray/data/tiny_preferences.jsonl``):
-  the rejected answer is plausible but wrong (a false fact, a missed instruction), not a truncated, shuffled or
-  off-topic copy of the chosen one, so it is not made the way the demo annotations are
-  (``alma_ray.judge.annotations``). Not judged by independent people: a smoke gate, labelled as such on every row.
+  the rejected answer is plausible but wrong (a false fact, a missed instruction), written by hand for each
+  prompt, not made by the demo annotations' procedure from a reference answer (truncated, shuffled, off topic, its
+  numbers changed: ``alma_ray.judge.annotations``). Not judged by independent people: a smoke gate, labelled as
+  such on every row.
 
 - ``mt-bench-synthetic``: the held-out style pairs of the synthetic MT-Bench annotations
   (``alma_ray.judge.annotations``: every two variants of a question with different scores). Made by the same

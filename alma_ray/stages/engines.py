@@ -3,33 +3,36 @@ ray.data.llm): a pool of ``SamplingEngine`` actors per model folder, and the jud
 panel. A stage asks for the engines it needs (``samplers``, ``judge_app``); the first ask builds them, later asks
 reuse them. Stages still stream their batches through Ray Data: light tasks hand each batch to an engine.
 
-What stays up is the recipe's call, from its plan: ``keep_only`` gives back the engines no later stage needs
-(ALMA: the base model's after round 0, an earlier round's checkpoint once no mix names it), and
-``before_training`` gives back every engine on a GPU cluster, where the devices are needed for training; on CPU
-the engines stay (the local Ray instance reserves logical CPUs for them: they take turns on the same cores, and
-an idle engine costs memory, not CPU). On CPU a sampling engine given back is shut down but its process kept
-(``spare``): the next model's pool takes it over and loads the new checkpoint in seconds, where a new process
-spends about half a minute importing vLLM (each round's new checkpoint, each probe). ``close`` ends them all. A dead
-engine is restarted by Ray and the batch it held retried; every request names the model it needs, so a restarted
-or taken-over engine loads the right one.
-"""
+What stays up is the recipe's call, from its plan: ``keep_only`` gives back the engines no later stage needs (ALMA: the
+base model's after round 0, an earlier round's checkpoint once no mix names it), and ``before_training`` gives back
+every engine on a GPU cluster, where the devices are needed for training; on CPU the engines stay while the machine has
+the CPUs and the memory the training needs beside them (the local Ray instance reserves logical CPUs for them: they
+take turns on the same cores, and an idle engine costs memory, not CPU; a 270M model's training workers need about 7 GB
+each, ``alma_ray.placement.training_bytes``). On CPU a sampling engine given back is shut down but its process kept
+(``spare``): the next model's pool takes it over and loads the new checkpoint in seconds, where a new process spends
+about half a minute importing vLLM (each round's new checkpoint, each probe). ``close`` ends them all. A dead engine is
+restarted by Ray and the batch it held retried; every request names the model it needs, so a restarted or taken-over
+engine loads the right one."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
-from alma_ray.config import EngineConfig, ResourcesConfig
+from alma_ray.config import EngineConfig, ResourcesConfig, TrainConfig
 from alma_ray.engine import actor_remote_args, build_llm, prompt_ids, uses_chat_template
 from alma_ray.ids import stable_seed
 from alma_ray.judge.serve import APP, ROUTE, Panel, build_app
+from alma_ray.placement import GiB, engine_bytes, training_bytes
 from alma_ray.reward import RewardServer
 from alma_ray.store import text_digest
 
@@ -40,6 +43,17 @@ def judge_app_name(run_dir: Any) -> str:
 
 DATA_CPUS = 1.0
 """CPUs a training's Ray Data tasks (reading and tokenizing its examples) need beside its workers."""
+
+
+def _free_memory(need: int, wait_s: float = 15.0) -> int:
+    """This node's available memory in bytes, waiting up to ``wait_s`` for processes just ended to return theirs
+    (a laptop's one node, where the driver runs and training will run)."""
+    deadline = time.time() + wait_s
+    while True:
+        free = int(psutil.virtual_memory().available)
+        if free >= need or time.time() > deadline:
+            return free
+        time.sleep(0.5)
 
 
 def _free_cpus(need: float, wait_s: float = 15.0) -> float:
@@ -230,6 +244,8 @@ class Engines:
                 actor.load.remote(model)
             pool += self.spare[:taken]
             del self.spare[:taken]
+            if size > len(pool) and not self.resources.use_gpu:
+                self.memory_for_engines((size - len(pool)) * engine_bytes(model, self.engine))
             actor = ray.remote(SamplingEngine).options(  # type: ignore[attr-defined]
                 max_restarts=-1, max_task_retries=-1, max_concurrency=1,
                 **actor_remote_args(self.engine, use_gpu=self.resources.use_gpu,
@@ -299,6 +315,22 @@ class Engines:
             self.end_spares()
             _free_cpus(cpus)
 
+    def memory_for_engines(self, need: int) -> None:
+        """On CPU, before starting sampling engines that need ``need`` bytes: when this node has less free, end the
+        spares, then give back the judge and reward apps (a stage that starts engines does not score; an app
+        restarts when next asked for). Else Ray's memory monitor kills the new engine, and Ray restarts it, in a
+        loop that never ends."""
+        if _free_memory(need, wait_s=0) >= need:
+            return
+        self._memory_for(need)
+        apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
+        for panel, name in apps:
+            if _free_memory(need, wait_s=0) >= need:
+                return
+            self.stop_judge(panel)
+            self.log(f"engines: gave back judge app {name} to make room for sampling engines ({need / GiB:.1f} GiB)")
+            _free_memory(need)
+
     def keep_only(self, models: Collection[str], panels: Collection[Panel | RewardServer] = ()) -> None:
         """Give back every sampling engine whose model is not in ``models`` and every judge or reward app not in
         ``panels``."""
@@ -308,27 +340,41 @@ class Engines:
         for panel in [p for p in held if p not in panels]:
             self.stop_judge(panel)
 
-    def before_training(self) -> None:
-        """On GPU, give back every engine (training needs the devices). On CPU keep them for later stages while
-        the cluster has the CPUs training needs beside them (its workers and one for its Ray Data tasks); else give
-        back sampling engines, then judge apps, until it has (a kept engine would starve the training's data)."""
+    def before_training(self, model: str, train: TrainConfig, *, pairs: bool = False) -> None:
+        """Before training ``model`` with ``train`` (``pairs``: two sequences a row, as DPO's). On GPU, give back
+        every engine (training needs the devices). On CPU keep them for later stages while the cluster has the CPUs
+        training needs beside them (its workers and one for its Ray Data tasks) and this node the memory
+        (``alma_ray.placement.training_bytes``); else end the spares, then give back sampling engines, then judge
+        apps, until it has (a kept engine would starve the training, or get it killed by Ray's memory monitor)."""
         if self.resources.use_gpu:
             self.keep_only(())
             return
         res = self.resources
         need = res.train_workers * res.cpus_per_train_worker + DATA_CPUS
-        held = [("pool", m) for m in self.pools] + [("app", p) for p in [*self.apps, *self.rewards]]
+        memory = training_bytes(model, train, res.train_workers, sequences=2 if pairs else 1)
         self.make_room(need)  # spares first: they hold CPUs and serve nothing now
-        free = _free_cpus(need, wait_s=0)
-        while held and free < need:
-            kind, what = held.pop(0)
-            if kind == "pool":
-                self.release(what)  # type: ignore[arg-type]
-            else:
-                self.stop_judge(what)  # type: ignore[arg-type]
-            self.log(f"engines: gave back {what if kind == 'pool' else self.app + ' judge app'} for training "
-                     f"(it needs {need:g} CPUs beside the engines; {free:g} were free)")
-            free = _free_cpus(need)
+        give_back: list[tuple[str, Callable[[], None]]] = [(m, partial(self.release, m)) for m in self.pools]
+        apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
+        give_back += [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps]
+        free, available = _free_cpus(need, wait_s=0), self._memory_for(memory, wait_s=0)
+        while give_back and (free < need or available < memory):
+            what, release = give_back.pop(0)
+            release()
+            self.log(f"engines: gave back {what} for training (it needs {need:g} CPUs and {memory / GiB:.1f} GiB "
+                     f"beside the engines; {free:g} CPUs and {available / GiB:.1f} GiB were free)")
+            free, available = _free_cpus(need), self._memory_for(memory)
+        if available < memory:
+            self.log(f"engines: training needs about {memory / GiB:.1f} GiB and this node has {available / GiB:.1f} "
+                     "GiB free with every engine given back; if Ray's memory monitor kills its workers, lower "
+                     "train.micro_batch or train.max_seq_len, or train on fewer resources.train_workers")
+
+    def _memory_for(self, memory: int, wait_s: float = 15.0) -> int:
+        """This node's available memory, after ending the spares if it falls short of ``memory`` (a spare holds
+        its process's memory, and on CPU a pool given back becomes spares)."""
+        if self.spare and _free_memory(memory, wait_s=0) < memory:
+            self.log(f"engines: ended {len(self.spare)} spare engine process(es) to free memory")
+            self.end_spares()
+        return _free_memory(memory, wait_s)
 
     def close(self) -> None:
         self.keep_only(())

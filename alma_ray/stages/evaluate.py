@@ -54,11 +54,13 @@ def win_rate(ours: pd.DataFrame, theirs: pd.DataFrame) -> dict[str, Any]:
 
 
 def summarize(this: pd.DataFrame, previous: pd.DataFrame | None, first: pd.DataFrame | None) -> list[dict[str, Any]]:
-    """Per judge of ``this`` round's scores: mean score, mean length, and the win rates against the previous
-    round's model and against M1a (round 1's model); None where there is nothing to compare with."""
+    """Per judge of ``this`` round's scores: mean score (of the answers it scored), how many it could not score
+    (``unscored``: empty or flagged answers), mean length, and the win rates against the previous round's model and
+    against M1a (round 1's model); None where there is nothing to compare with."""
     out = []
     for judge, ours in this.groupby("judge", sort=True):
         row: dict[str, Any] = {"judge": judge, "prompts": len(ours), "mean_score": _mean(ours.score),
+                               "unscored": int(ours.score.isna().sum()),
                                "mean_tokens": float(ours.tokens.mean()), "mean_chars": float(ours.chars.mean())}
         for name, other in (("previous", previous), ("m1a", first)):
             theirs = None if other is None else other[other.judge == judge]

@@ -25,10 +25,13 @@ import ray.data
 from alma_ray.config import JudgeBuildConfig, JudgeConfig
 from alma_ray.judge.annotations import (
     DEMO,
+    LONGER,
+    accuracy_by_kind,
     demo_annotations,
     load_annotations,
     pairwise_accuracy,
     preference_pairs,
+    prefers_longer,
     split_by_question,
 )
 from alma_ray.judge.cache import META, copy_judge
@@ -91,8 +94,10 @@ def heldout_accuracy(panel: Panel, held_rows: list[dict[str, Any]], engines: Eng
 def pairs_accuracy(panel: Panel, pairs: list[dict[str, Any]], engines: Engines, *, keep: bool,
                    ensemble: bool = False) -> list[dict[str, Any]]:
     """Pairwise accuracy on (prompt, chosen, rejected) ``pairs`` of every judge of ``panel``, integer and
-    real-valued, and of the panel's weighted score (``ensemble``: judge ``panel``). ``keep``: leave the panel's
-    app up (the run's judge), else give it back."""
+    real-valued, and of the panel's weighted score (``ensemble``: judge ``panel``), then the ``LONGER`` baseline;
+    each row says how often the judge sided with the longer answer (``prefers_longer``) and, where the pairs say
+    how their answers were made (``chosen_method``), its accuracy per kind of pair (``by_kind``). ``keep``: leave
+    the panel's app up (the run's judge), else give it back."""
     texts = sorted({(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")})
     try:  # preference sets are small enough to collect
         scored = score_dataset(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
@@ -106,16 +111,28 @@ def pairs_accuracy(panel: Panel, pairs: list[dict[str, Any]], engines: Engines, 
                for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores"))]
     if ensemble:
         columns.append(("panel", "real-valued", "score"))
+    chars = {side: np.array([len(p[side]) for p in pairs], dtype=float) for side in ("chosen", "rejected")}
+    kinds = [f"{p['chosen_method']}>{p['rejected_method']}" for p in pairs] if pairs and all(
+        "chosen_method" in p for p in pairs) else None
     rows = []
+
+    def row(member: str, kind: str, chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
+        acc = pairwise_accuracy(chosen, rejected)
+        longer = None if kind == "length" else prefers_longer(chosen, rejected, chars["chosen"], chars["rejected"])
+        out = {"judge": member, "scores": kind, **acc.row(), "prefers_longer": longer}
+        if kinds is not None:
+            out["by_kind"] = accuracy_by_kind(chosen > rejected, kinds)
+        return out
+
     for member, kind, key in columns:
         def value(prompt: str, response: str, member: str = member, key: str = key) -> float:
-            row = lookup[(prompt, response)]
-            v = float(row["score"] if key == "score" else row[key][member])
+            r = lookup[(prompt, response)]
+            v = float(r["score"] if key == "score" else r[key][member])
             return float("nan") if (key == "member_score_ints" and v < 0) else v
 
-        acc = pairwise_accuracy(np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
-                                np.array([value(p["prompt"], p["rejected"]) for p in pairs]))
-        rows.append({"judge": member, "scores": kind, **acc.row()})
+        rows.append(row(member, kind, np.array([value(p["prompt"], p["chosen"]) for p in pairs]),
+                        np.array([value(p["prompt"], p["rejected"]) for p in pairs])))
+    rows.append(row(LONGER, "length", chars["chosen"], chars["rejected"]))  # what length alone would score
     return rows
 
 

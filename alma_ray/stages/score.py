@@ -7,6 +7,7 @@ streams the rows through it from Ray Data. Rows the judge cannot score come back
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ from alma_ray.store import StageOutput
 
 
 def score_tally(table: Any) -> list[Any]:
-    """[rows the judge scored, the sum of their scores] of a write task."""
-    df = table.select(["score", "judge_flag"]).to_pandas()
+    """Sums over the rows the judge scored of a write task: [rows, score, chars, score x chars, score^2, chars^2]
+    (chars: the response's length), from which ``Score.figures`` computes the mean score and its correlation with
+    length without holding the rows."""
+    df = table.select(["score", "judge_flag", "response"]).to_pandas()
     valid = df[df.judge_flag == ""]
-    return [len(valid), float(valid.score.sum())]
+    s, c = valid.score.to_numpy(dtype=float), valid.response.str.len().to_numpy(dtype=float)
+    return [len(valid), *(float(x.sum()) for x in (s, c, s * c, s * s, c * c))]
 
 
 @dataclass
@@ -60,5 +64,13 @@ class Score(Stage):
                 self.engines.stop_judge(self.panel)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
-        scored, total = sum(t[0] for t in tallies), sum(t[1] for t in tallies)
-        return {"mean_score": total / scored if scored else None, "flagged": rows - scored}
+        """The mean score, the flagged rows, the scored responses' mean length in characters and the Pearson
+        correlation of score with length (a judge that rewards length, or brevity, shows here; None when either
+        is constant)."""
+        n, s, c, sc, ss, cc = (sum(t[i] for t in tallies) for i in range(6))
+        if not n:
+            return {"mean_score": None, "flagged": rows, "mean_chars": None, "score_length_corr": None}
+        var_s, var_c = ss / n - (s / n) ** 2, cc / n - (c / n) ** 2
+        corr = (sc / n - s * c / n**2) / math.sqrt(var_s * var_c) if var_s > 1e-12 and var_c > 1e-12 else None
+        return {"mean_score": s / n, "flagged": rows - n, "mean_chars": c / n,
+                "score_length_corr": None if corr is None else round(corr, 4)}

@@ -29,6 +29,7 @@ def test_summary_per_judge_with_nothing_to_compare_in_round_one() -> None:
     assert rows["run judge"]["win_rate_vs_previous"] == 0.5 and rows["run judge"]["ties_vs_previous"] == 0
     assert rows["other"]["win_rate_vs_previous"] == 0.75 and rows["other"]["ties_vs_previous"] == 1
     assert rows["other"]["win_rate_vs_m1a"] is None and rows["other"]["mean_chars"] == 40.0
+    assert rows["run judge"]["unscored"] == 0
     unscored = summarize(_scores("j", {"a": float("nan")}), None, None)[0]
-    assert unscored["mean_score"] is None and unscored["win_rate_vs_previous"] is None
+    assert unscored["mean_score"] is None and unscored["win_rate_vs_previous"] is None and unscored["unscored"] == 1
     assert not math.isnan(unscored["mean_tokens"])

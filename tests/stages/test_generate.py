@@ -70,17 +70,20 @@ def _prompts(count: int, long_every: int = 0) -> Any:
     return ray.data.from_items(rows)
 
 
-def _run(config: AlmaConfig, prompts: Any, out: Path, progress: Any = None) -> pd.DataFrame:
+def _run(config: AlmaConfig, prompts: Any, out: Path, progress: Any = None, engines: Any = None) -> pd.DataFrame:
+    """Sample the prompts through the engines given (a test's shared set) or a set of its own."""
     from alma_ray.stages.base import write_rows
     from alma_ray.stages.engines import Engines
 
+    if engines is None:
+        with Engines(config.engine, config.resources) as own:
+            return _run(config, prompts, out, progress, own)
     gen = config.generation
-    with Engines(config.engine, config.resources) as engines:
-        ds = generate_responses(prompts, mix(gen, {"a": config.base_model, "b": config.base_model}),
-                                engines=engines, completion_template=gen.completion_template, too_long=gen.too_long,
-                                seed_salt=f"{config.seed}:1:responses",
-                                pool_size=config.resources.engines_per_checkpoint, progress=progress)
-        rows, tallies = write_rows(ds, out, sampling_tally)
+    ds = generate_responses(prompts, mix(gen, {"a": config.base_model, "b": config.base_model}),
+                            engines=engines, completion_template=gen.completion_template, too_long=gen.too_long,
+                            seed_salt=f"{config.seed}:1:responses",
+                            pool_size=config.resources.engines_per_checkpoint, progress=progress)
+    rows, tallies = write_rows(ds, out, sampling_tally)
     df = pd.read_parquet(out)
     assert rows == len(df) and generation_stats(tallies)["output_tokens"] == df.output_tokens.sum()
     return df
@@ -97,8 +100,15 @@ def _assert_exactly_once(df: pd.DataFrame, prompts: int) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_path: Path) -> None:
+    """Both policies for prompts too long for the engine, through one set of engines (the pool of a model is kept
+    for the next stage that samples it, as a run's stages share it)."""
+    from alma_ray.stages.engines import Engines
 
-    df = _run(_config(tiny_model, too_long="skip"), _prompts(12, long_every=5), tmp_path / "skip")
+    config = _config(tiny_model, too_long="skip")
+    with Engines(config.engine, config.resources) as engines:
+        df = _run(config, _prompts(12, long_every=5), tmp_path / "skip", engines=engines)
+        truncated = _run(_config(tiny_model, too_long="truncate"), _prompts(12, long_every=5), tmp_path / "truncate",
+                         engines=engines)
     _assert_exactly_once(df, 12)
     skipped = df[df.finish_reason == TOO_LONG]
     assert set(skipped.prompt_id) == {"p000", "p005", "p010"} and (skipped.response == "").all()
@@ -108,10 +118,9 @@ def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_
     assert stats["rows_too_long_skipped"] == 9 and stats["rows_prompt_truncated"] == 0
     assert stats["rows_per_checkpoint"] == {"a": 24, "b": 12}
 
-    df = _run(_config(tiny_model, too_long="truncate"), _prompts(12, long_every=5), tmp_path / "truncate")
-    _assert_exactly_once(df, 12)
-    assert not (df.finish_reason == TOO_LONG).any()
-    cut = df[df.prompt_truncated]
+    _assert_exactly_once(truncated, 12)
+    assert not (truncated.finish_reason == TOO_LONG).any()
+    cut = truncated[truncated.prompt_truncated]
     assert set(cut.prompt_id) == {"p000", "p005", "p010"}
     assert (cut[cut.checkpoint == "a"].prompt_tokens <= 128 - 12).all()
     assert (cut[cut.checkpoint == "b"].prompt_tokens <= 128 - 8).all()

@@ -1,15 +1,16 @@
-"""DPO and the reward model through the real loop: Ray Train, 2 workers, DeepSpeed ZeRO, gloo, tiny model."""
+"""The reward model and a killed worker through the real loop: Ray Train, 2 workers, DeepSpeed ZeRO, gloo, tiny
+model. DPO's loop is checked on the DPO variant's run (``recipes/alma/test_published``: the first loss is log 2, then
+it learns) and the judge's rating loss by the judge build (``recipes/alma/test_judge``: read back through vLLM)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
 from alma_ray.config import AlmaConfig
 from alma_ray.train.loop import fit
-from alma_ray.train.objectives import DPO, SFT, JudgeRating, Reward
+from alma_ray.train.objectives import DPO, SFT, Reward
 
 
 def _config(model: str, **train: object) -> AlmaConfig:
@@ -19,34 +20,15 @@ def _config(model: str, **train: object) -> AlmaConfig:
         resources={"train_workers": 2}))
 
 
-def _pairs(*, table: bool = False) -> object:
-    """16 preference pairs: a Ray Data dataset (streamed to the workers) or one small table (each worker takes
-    every world-th row), the two ways rows reach training (``alma_ray.train.data.Examples``)."""
-    import pyarrow as pa
+def _pairs() -> object:
+    """16 preference pairs as a Ray Data dataset, streamed to the workers (the other way rows reach training, one
+    small table, is the runs' way: ``alma_ray.train.data.Examples``)."""
     import ray.data
 
     topics = ["rain", "the sea", "bread", "a city", "winter", "a garden", "the moon", "a river"]
     rows = [{"prompt": f"tell me about {t}", "chosen": f"here is a careful answer about {t}", "rejected": "no"}
             for t in topics * 2]
-    return pa.Table.from_pylist(rows) if table else ray.data.from_items(rows)
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_dpo_starts_at_log2_and_learns(tiny_model: str, tmp_path: Path) -> None:
-    """DPO with the reference log-probs precomputed in a Ray Data pass (the online mode is unit-tested), on pairs
-    given as a small table (the pass turns them into a dataset)."""
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path / "round_001" / "dpo"
-    config = _config(tiny_model, zero_stage=2, dpo_reference="precomputed")
-    dpo = DPO.of(config.train, completion_template=config.generation.completion_template)
-    metrics = fit(_pairs(table=True), dpo, train=config.train, resources=config.resources, model=tiny_model,
-                  out_dir=out, seed=0)
-    # Policy == reference at the first step: every margin is 0 and the loss is exactly log 2.
-    assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
-    assert metrics["losses"][-1] < metrics["losses"][0]
-    assert metrics["final_reward_accuracy"] > 0.5 and metrics["final_reward_margin"] > 0
-    AutoModelForCausalLM.from_pretrained(out)  # a loadable HF folder
+    return ray.data.from_items(rows)
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -149,37 +131,3 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: 
     assert isinstance(metrics, dict)
     assert metrics["resumed_from_step"] >= 4
     assert metrics["steps"] == 2 * 32 // (2 * 2)  # epochs x rows / (workers x micro_batch): none lost
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_judge_learns_the_annotated_ratings(tiny_model: str, tmp_path: Path) -> None:
-    """The rating loss through the real loop; the trained folder then scores through the vLLM judge (the same
-    two-slot reading the loss trains): the annotated rows come back near their ratings, a new prompt is ranked."""
-    import numpy as np
-    import ray.data
-
-    from alma_ray.config import EngineConfig
-    from alma_ray.judge.engine import Judge
-    from alma_ray.train.data import one_hot_ratings
-
-    topics = ["rain", "the sea", "bread", "a city", "winter", "a garden", "the moon", "a river"]
-    rows = []
-    for t in topics:
-        rows.append({"prompt": f"tell me about {t}", "response": f"{t}: here is a careful answer",
-                     "target": one_hot_ratings([9])[0]})
-        rows.append({"prompt": f"tell me about {t}", "response": "no", "target": one_hot_ratings([1])[0]})
-    # No length bucketing here: it would put the short "no" rows in batches of their own, and with 16 rows the
-    # judge would spend its steps swinging between the two ratings.
-    rows[0]["target"] = np.array([0] * 8 + [0.3, 0.5, 0.2], dtype=np.float32)  # a soft (self-distilled) row
-    out = tmp_path / "judge" / "judge"
-    config = _config(tiny_model, max_seq_len=1024, epochs=10, lr=3e-3, bucket_window=1)
-    metrics = fit(ray.data.from_items(rows), JudgeRating(), train=config.train, resources=config.resources,
-                  model=tiny_model, out_dir=out, seed=0)
-    assert metrics["losses"][-1] < metrics["losses"][0] / 2
-    judge = Judge(str(out), name="tiny-judge", version="t", chat=None, max_response_chars=4000,
-                  engine=EngineConfig(max_model_len=1024, dtype="float32"), use_gpu=False)
-    scored = judge({"prompt": np.array(["tell me about rain"] * 2 + ["tell me about snow"] * 2),
-                    "response": np.array(["rain: here is a careful answer", "no"] * 2)})
-    seen_good, seen_bad, unseen_good, unseen_bad = scored["score"]
-    assert seen_good > 7 and seen_bad < 3, scored["score"]  # the annotated ratings, read back through vLLM
-    assert unseen_good > unseen_bad + 1, scored["score"]  # and a new prompt is ranked the same way

@@ -197,7 +197,7 @@ class ALMARecipe:
                 done = run.stage(r, SelectPairs(scores.manifest.rows, train.dpo_rejected, f"{config.seed}:{r}:pairs",
                                                 prompts=prompts.manifest.rows), read=scores)
                 trained.pairs.append(str(done.path))
-                engines.before_training()
+                engines.before_training(trained.round_one[0], train, pairs=True)
                 dpo = run.stage(r, Train("dpo", DPO.of(train, completion_template=gen.completion_template), train,
                                          config.resources, model=trained.round_one[0], seed=train.seed,
                                          examples=list(trained.pairs)), after=[done])
@@ -210,7 +210,7 @@ class ALMARecipe:
             examples = list(trained.selected)
             inputs = [done, *trained.seed]
         init = base if train.init == "base" or trained.latest is None else trained.latest
-        engines.before_training()
+        engines.before_training(init, train)
         sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train,
                                   config.resources, model=init, seed=train.seed + k, examples=examples),
                          after=inputs)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alma_ray.judge.annotations import accuracy_table
+from alma_ray.judge.annotations import accuracy_table, kinds_table
 from alma_ray.report import bar_plot, line_plot, manifests, score_plot, table, write_report
 from alma_ray.store import Manifest, atomic_write_text
 
@@ -46,7 +46,10 @@ def pool_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
         lines += ["## Judge gate", "", f"{g['judge']} on {g['preference_set']} ({g['pairs']} pairs): real-valued "
                   f"accuracy {g['accuracy']:.3f}.", "", accuracy_table(g["table"]), ""]
     if "judge_eval" in ms:
-        lines += ["## Judge: held-out pairwise accuracy", "", accuracy_table(ms["judge_eval"].stats["table"]), ""]
+        t = ms["judge_eval"].stats["table"]
+        lines += ["## Judge: held-out pairwise accuracy", "", accuracy_table(t), ""]
+        if kinds := kinds_table(t):
+            lines += ["What each judge tells apart (real-valued accuracy per kind of held-out pair):", "", kinds, ""]
     if "distill_scores" in ms and (figure := score_plot(
             round_dir / "distill_scores", round_dir / "report_judge_scores.png", "fine-tuned judge, distill pairs")):
         lines += ["Self-distillation targets: the fine-tuned judge's scores of the distill pairs.", "",
@@ -73,6 +76,8 @@ def round_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
     if "scores" in ms:
         facts.append(["mean judge score, all responses", ms["scores"].stats.get("mean_score")])
         facts.append(["flagged responses", ms["scores"].stats.get("flagged")])
+        facts.append(["mean length of the scored responses (chars)", ms["scores"].stats.get("mean_chars")])
+        facts.append(["correlation of score with length (Pearson)", ms["scores"].stats.get("score_length_corr")])
     if "selected" in ms:
         facts.append(["mean score, best of N", ms["selected"].stats.get("mean_best")])
     if facts:
@@ -93,9 +98,10 @@ def round_sections(round_dir: Path, ms: dict[str, Manifest]) -> list[str]:
     if "eval_summary" in ms:
         rows = ms["eval_summary"].stats["table"]
         lines += ["## Evaluation: held-out prompts", ""]
-        lines += table(["judge", "prompts", "mean score", "win rate vs previous", "win rate vs M1a", "mean tokens"],
-                       [[r["judge"], r["prompts"], r["mean_score"], r["win_rate_vs_previous"], r["win_rate_vs_m1a"],
-                         r["mean_tokens"]] for r in rows])
+        lines += table(["judge", "prompts", "mean score", "unscored", "win rate vs previous", "win rate vs M1a",
+                        "mean tokens"],
+                       [[r["judge"], r["prompts"], r["mean_score"], r.get("unscored"), r["win_rate_vs_previous"],
+                         r["win_rate_vs_m1a"], r["mean_tokens"]] for r in rows])
     metrics_file = round_dir / "sft" / "train_metrics.json"
     if metrics_file.is_file():
         losses = json.loads(metrics_file.read_text()).get("losses") or []
@@ -117,23 +123,25 @@ def write_all(run_dir: Path) -> list[Path]:
 
 
 def rounds_table(run_dir: Path) -> list[list[Any]]:
-    """One row per (round, evaluation judge): prompts, responses, mean best-of-N score, the held-out evaluation's
-    mean score, win rates vs the previous round and vs M1a, mean answer tokens."""
+    """One row per (round, evaluation judge): prompts, responses, mean best-of-N score, the correlation of the
+    run judge's scores with response length, the held-out evaluation's mean score and unscored (empty or flagged)
+    answers, win rates vs the previous round and vs M1a, mean answer tokens."""
     out = []
     for d in sorted(Path(run_dir).glob("round_[0-9][0-9][0-9]")):
         ms = manifests(d)
         best = ms["selected"].stats.get("mean_best") if "selected" in ms else (
             ms["pairs"].stats.get("mean_chosen") if "pairs" in ms else None)
+        corr = ms["scores"].stats.get("score_length_corr") if "scores" in ms else None
         head = [int(d.name[len("round_"):]), ms["prompts"].rows if "prompts" in ms else 0,
-                ms["responses"].rows if "responses" in ms else 0, best]
+                ms["responses"].rows if "responses" in ms else 0, best, corr]
         for r in (ms["eval_summary"].stats["table"] if "eval_summary" in ms else [{}]):
-            out.append([*head, r.get("judge"), r.get("mean_score"), r.get("win_rate_vs_previous"),
+            out.append([*head, r.get("judge"), r.get("mean_score"), r.get("unscored"), r.get("win_rate_vs_previous"),
                         r.get("win_rate_vs_m1a"), r.get("mean_tokens")])
     return out
 
 
-ROUNDS_HEADER = ["round", "prompts", "responses", "mean best-of-N", "eval judge", "eval mean score",
-                 "win rate vs previous", "win rate vs M1a", "mean tokens"]
+ROUNDS_HEADER = ["round", "prompts", "responses", "mean best-of-N", "score~length r", "eval judge", "eval mean score",
+                 "unscored answers", "win rate vs previous", "win rate vs M1a", "mean tokens"]
 
 
 def write_rounds(run_dir: Path) -> Path:

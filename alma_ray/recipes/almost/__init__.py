@@ -86,7 +86,7 @@ class ALMoSTRecipe:
                                                    f"{config.seed}:rm-heldout", responses.manifest.rows,
                                                    prompts=mined.manifest.stats["accepted"]), read=responses)
             engines.keep_only({models[player.name], base})  # the player self-plays, the base answers the probe
-            engines.before_training()
+            engines.before_training(base, config.reward_training)
             rm = run.stage(0, Train("reward", RM, config.reward_training,
                                     config.resources, model=base, seed=config.train.seed,
                                     examples=[str(comparisons.path)], where=KEPT, heldout=HELDOUT), after=[comparisons])
@@ -101,7 +101,7 @@ class ALMoSTRecipe:
                                          player.shots, server, engines, config.seed), read=mined, after=[rm])
             rows = run.stage(1, Demonstrations(), read=play)
             engines.keep_only({base}, [server])
-            engines.before_training()
+            engines.before_training(base, config.train)
             sft = run.stage(1, Train("sft", DEMONSTRATED, config.train, config.resources,
                                      model=base, seed=config.train.seed, examples=[str(rows.path)]), after=[rows])
             if heldout:

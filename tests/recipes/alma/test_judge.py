@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from alma_ray.config import AlmaConfig
-from alma_ray.judge.annotations import accuracy_table
+from alma_ray.judge.annotations import LONGER, accuracy_table
 from alma_ray.recipes.alma.judge import build_judge
 from alma_ray.recipes.base import Run, open_store
 from alma_ray.stages.engines import Engines
@@ -54,7 +54,11 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
     scores = pq.read_table(results[3].path).to_pandas()
     assert len(scores) == 8 and all(np.asarray(d).shape == (11,) for d in scores.score_dist)  # all 11 kept
     assert {(r["judge"], r["scores"]) for r in table} == {(j, k) for j in ("base", "sft", "distilled")
-                                                          for k in ("integer", "real-valued")}
+                                                          for k in ("integer", "real-valued")} | {(LONGER, "length")}
+    # the answers to a question have the same length: the baseline ties on every pair, and no judge can side with
+    # the longer answer; each row has its accuracy per kind of pair (hand-written rows: "human>human")
+    assert next(r for r in table if r["judge"] == LONGER)["ties"] == 12
+    assert all(r["prefers_longer"] is None and set(r["by_kind"]) == {"human>human"} for r in table)
     assert all(r["pairs"] == 12 for r in table)
     acc = {(r["judge"], r["scores"]): r["accuracy"] for r in table}
     # The fine-tuned judge orders the held-out pairs by what the ratings taught, with a margin: its most likely rating
@@ -64,6 +68,12 @@ def test_the_judge_is_built_distilled_and_evaluated(tiny_model: str, tmp_path: P
     assert acc["sft", "real-valued"] >= 11 / 12 and acc["sft", "integer"] >= 11 / 12, accuracy_table(table)
     assert acc["base", "integer"] < 11 / 12, accuracy_table(table)
     assert "| sft | real-valued | 12 |" in accuracy_table(table)
+    # the rating loss through the real loop, on one-hot targets (judge_sft) and on the judge's own distributions
+    # (judge_distill: soft targets, every one of the 11 slots kept)
+    losses = {stage: json.loads((tmp_path / "judge-test" / "round_000" / stage / "train_metrics.json").read_text())
+              ["losses"] for stage in ("judge_sft", "judge_distill")}
+    assert all(len(curve) > 1 and np.isfinite(curve).all() for curve in losses.values()), losses
+    assert losses["judge_sft"][-1] < losses["judge_sft"][0] / 2
     # Ray Train's copies of each training (a restart's state, the final model) are gone once it is committed
     assert (tmp_path / "judge-test" / "round_000" / "judge_sft" / "model.safetensors").is_file()
     assert not list((tmp_path / "judge-test" / "ray_train").glob("*"))

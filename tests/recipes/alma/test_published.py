@@ -7,13 +7,14 @@ work. The runs are the session's (``tests/conftest.py``), which the e2e tests re
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import PublishedRun, alma_cli
+from tests.conftest import ALMA_TINY, DPO_VARIANT, PublishedRun, alma_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +41,7 @@ def test_the_gate_stops_a_judge_below_the_bar_and_the_same_run_goes_on_below_it(
     assert "of 12 preference pairs right" in error and "on embedded:tiny-preferences, below judge.min_accuracy=1.0" \
         in error
     gate = _stats(published / "round_000" / "judge_gate")
-    assert gate["pairs"] == 12 and {r["judge"] for r in gate["table"]} == {"main", "panel"}
+    assert gate["pairs"] == 12 and {r["judge"] for r in gate["table"]} == {"main", "panel", "longer answer"}
     assert gate["unscored"] == 0 and gate["accuracy"] < 1.0  # the judge scored every pair
 
 
@@ -78,8 +79,27 @@ def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) 
     assert (probe.checkpoint == "base").all()
     assert set(pq.read_table(published / "round_002" / "probe").to_pandas().checkpoint) == {"round_002/sft"}
     rounds = (published / "rounds.md").read_text()
-    assert rounds.count("| run judge |") == 4 and "win rate vs M1a" in rounds
+    assert rounds.count("| run judge |") == 4 and "win rate vs M1a" in rounds and "score~length r" in rounds
+    scores = _stats(published / "round_002" / "scores")  # how the run judge's scores go with length
+    assert scores["mean_chars"] > 0 and (scores["score_length_corr"] is None or -1 <= scores["score_length_corr"] <= 1)
     assert "## Evaluation: held-out prompts" in (published / "round_003" / "report.md").read_text()
+
+
+def _margins(model: str, pairs: Any) -> Any:
+    """log p(chosen) - log p(rejected) under ``model``, the pairs encoded as the DPO variant's training encodes them."""
+    from transformers import AutoTokenizer
+
+    from alma_ray.config import load_config
+    from alma_ray.train.data import ReferenceLogprobs
+    from alma_ray.train.objectives import DPO
+
+    config = load_config(ALMA_TINY, list(DPO_VARIANT))
+    tok = AutoTokenizer.from_pretrained(model)
+    tokenize = DPO.of(config.train, completion_template=config.generation.completion_template).tokenizer_fn(
+        model=model, max_seq_len=config.train.max_seq_len)
+    scored = ReferenceLogprobs(model, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                               tokenize)({c: pairs[c].to_numpy() for c in ("prompt", "chosen", "rejected")})
+    return scored["chosen_ref_logp"] - scored["rejected_ref_logp"]
 
 
 def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(dpo_run: tuple[Path, dict]) -> None:
@@ -90,7 +110,13 @@ def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(dpo_run: tuple[
     assert {"prompt", "chosen", "rejected", "chosen_checkpoint", "rejected_sample_index", "judge"} <= set(pairs)
     assert not (r2 / "selected").exists() and not (r2 / "sft").exists()
     metrics = json.loads((r2 / "dpo" / "train_metrics.json").read_text())
-    assert metrics["steps"] > 0 and json.loads((r2 / "dpo" / "_MANIFEST.json").read_text())["rows"] == 4
+    assert metrics["steps"] == 1 and json.loads((r2 / "dpo" / "_MANIFEST.json").read_text())["rows"] == 4
+    # The policy starts as its reference (M1a, log-probs precomputed in a Ray Data pass): every margin is 0 and the
+    # loss is exactly log 2. Its one step (4 pairs, 2 ranks) raised the chosen answers' log-prob over the rejected
+    # ones against M1a: DPO's implicit reward margin, recomputed here from the two saved folders.
+    assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
+    m1a, dpo = (_margins(str(d), pairs) for d in (dpo_run[0] / "round_001" / "sft", r2 / "dpo"))
+    assert (dpo - m1a).mean() > 0, (dpo, m1a)
     assert set(pq.read_table(r2 / "probe").to_pandas().checkpoint) == {"round_002/dpo"}  # vLLM loads it
 
 

@@ -2,7 +2,8 @@
 the pool, never a few-shot example), the run's fixed judge scores the answers (``eval``, a ``Score`` stage) and so
 do the evaluation judges (``eval_judges``, when ``eval.judges`` is set), and ``EvalSummary`` records per judge:
 the mean score, the win rate against the previous round's model and against M1a on the same prompts (pairwise by
-judge score, ties counted as half and reported), and the mean answer length (length hacking shows here).
+judge score, ties counted as half and reported; an answer beats an empty one), and the mean answer length (length
+hacking shows here).
 
 The held-out answers are a few rows a round (``synthesis.heldout``), read on the driver by design.
 """
@@ -43,14 +44,20 @@ def judge_scores(eval_dir: Path, judges_dir: Path | None = None) -> pd.DataFrame
 
 def win_rate(ours: pd.DataFrame, theirs: pd.DataFrame) -> dict[str, Any]:
     """Pairwise on the prompts both answered (scored by the same judge): wins, ties, losses and the win rate with a
-    tie counted as half; a prompt either side could not score is left out (counted in ``unscored``)."""
+    tie counted as half. An answer beats an empty one (``by_default``: a model that stopped answering loses, it is
+    not left out); a prompt either side could not score otherwise (flagged, or both empty) is left out (counted in
+    ``unscored``)."""
     both = ours.merge(theirs, on="prompt_id", suffixes=("", "_other"))
-    scored = both.dropna(subset=["score", "score_other"])
-    wins = int((scored.score > scored.score_other).sum())
+    answered, answered_other = both.score.notna(), both.score_other.notna()
+    won_by_default = answered & (both.chars_other == 0)
+    lost_by_default = answered_other & (both.chars == 0)
+    scored = both[answered & answered_other]
+    wins = int((scored.score > scored.score_other).sum()) + int(won_by_default.sum())
     ties = int((scored.score == scored.score_other).sum())
-    n = len(scored)
+    n = len(scored) + int(won_by_default.sum()) + int(lost_by_default.sum())
     return {"prompts": n, "wins": wins, "ties": ties, "losses": n - wins - ties,
-            "win_rate": (wins + 0.5 * ties) / n if n else None, "unscored": len(both) - n}
+            "win_rate": (wins + 0.5 * ties) / n if n else None, "unscored": len(both) - n,
+            "by_default": int(won_by_default.sum() + lost_by_default.sum())}
 
 
 def summarize(this: pd.DataFrame, previous: pd.DataFrame | None, first: pd.DataFrame | None) -> list[dict[str, Any]]:

@@ -18,7 +18,21 @@ def test_win_rate_counts_ties_as_half_and_leaves_unscored_prompts_out() -> None:
     ours = _scores("j", {"a": 7.0, "b": 5.0, "c": 3.0, "d": float("nan"), "e": 6.0})
     theirs = _scores("j", {"a": 6.0, "b": 5.0, "c": 4.0, "d": 2.0})  # e: not answered by the other model
     result = win_rate(ours, theirs)
-    assert result == {"prompts": 3, "wins": 1, "ties": 1, "losses": 1, "win_rate": 0.5, "unscored": 1}
+    assert result == {"prompts": 3, "wins": 1, "ties": 1, "losses": 1, "win_rate": 0.5, "unscored": 1,
+                      "by_default": 0}
+
+
+def test_an_answer_beats_an_empty_one_and_two_empty_answers_are_left_out() -> None:
+    ours = _scores("j", {"a": 3.0, "b": 5.0, "c": float("nan"), "d": float("nan")})
+    theirs = _scores("j", {"a": float("nan"), "b": 6.0, "c": 4.0, "d": float("nan")})
+    theirs.loc[theirs.prompt_id.isin(["a", "d"]), "chars"] = 0  # a, d: the other model answered nothing
+    ours.loc[ours.prompt_id == "d", "chars"] = 0  # d: neither did ours
+    result = win_rate(ours, theirs)  # c: ours flagged for another reason (not empty): left out
+    assert result == {"prompts": 2, "wins": 1, "ties": 0, "losses": 1, "win_rate": 0.5, "unscored": 2,
+                      "by_default": 1}
+    ours.loc[ours.prompt_id == "c", "chars"] = 0  # now c is an empty answer of ours against a scored one: a loss
+    assert win_rate(ours, theirs) | {"win_rate": None} == {"prompts": 3, "wins": 1, "ties": 0, "losses": 2,
+                                                          "win_rate": None, "unscored": 1, "by_default": 2}
 
 
 def test_summary_per_judge_with_nothing_to_compare_in_round_one() -> None:

@@ -25,8 +25,9 @@ RUN_JUDGE = "run judge"
 
 
 def judge_scores(eval_dir: Path, judges_dir: Path | None = None) -> pd.DataFrame:
-    """One row per (prompt, judge): ``prompt_id``, ``judge``, ``score`` (NaN when flagged), ``tokens``, ``chars``.
-    The run's judge from ``eval_dir``, each evaluation judge (its ``member_scores``) from ``judges_dir``."""
+    """One row per (prompt, judge): ``prompt_id``, ``judge``, ``score`` (NaN when flagged), ``empty`` (the scorer
+    flagged the answer as empty), ``tokens``, ``chars``. The run's judge from ``eval_dir``, each evaluation judge (its
+    ``member_scores``) from ``judges_dir``."""
     rows = []
     sources = [(eval_dir, False)] + ([(judges_dir, True)] if judges_dir is not None else [])
     for path, members in sources:
@@ -38,26 +39,27 @@ def judge_scores(eval_dir: Path, judges_dir: Path | None = None) -> pd.DataFrame
                 valid = not r["judge_flag"] and score is not None
                 rows.append({"prompt_id": r["prompt_id"], "judge": judge,
                              "score": float(score) if valid else float("nan"),
+                             "empty": r["judge_flag"] == "empty_response",  # alma_ray.judge.rubric.FLAGS
                              "tokens": int(r["output_tokens"]), "chars": len(r["response"] or "")})
-    return pd.DataFrame(rows, columns=["prompt_id", "judge", "score", "tokens", "chars"])
+    return pd.DataFrame(rows, columns=["prompt_id", "judge", "score", "empty", "tokens", "chars"])
 
 
 def win_rate(ours: pd.DataFrame, theirs: pd.DataFrame) -> dict[str, Any]:
     """Pairwise on the prompts both answered (scored by the same judge): wins, ties, losses and the win rate with a
-    tie counted as half. An answer beats an empty one (``by_default``: a model that stopped answering loses, it is
-    not left out); a prompt either side could not score otherwise (flagged, or both empty) is left out (counted in
-    ``unscored``)."""
+    tie counted as half. A scored answer beats one its scorer flagged as empty (``by_default``: a model that stopped
+    answering loses, it is not left out); a prompt either side could not score otherwise (flagged for another
+    reason, or both empty) is left out (counted in ``unscored``)."""
     both = ours.merge(theirs, on="prompt_id", suffixes=("", "_other"))
     answered, answered_other = both.score.notna(), both.score_other.notna()
-    won_by_default = answered & (both.chars_other == 0)
-    lost_by_default = answered_other & (both.chars == 0)
+    won_by_default = int((answered & both["empty_other"]).sum())
+    lost_by_default = int((answered_other & both["empty"]).sum())  # not .empty: a DataFrame property
     scored = both[answered & answered_other]
-    wins = int((scored.score > scored.score_other).sum()) + int(won_by_default.sum())
+    wins = int((scored.score > scored.score_other).sum()) + won_by_default
     ties = int((scored.score == scored.score_other).sum())
-    n = len(scored) + int(won_by_default.sum()) + int(lost_by_default.sum())
+    n = len(scored) + won_by_default + lost_by_default
     return {"prompts": n, "wins": wins, "ties": ties, "losses": n - wins - ties,
             "win_rate": (wins + 0.5 * ties) / n if n else None, "unscored": len(both) - n,
-            "by_default": int(won_by_default.sum() + lost_by_default.sum())}
+            "by_default": won_by_default + lost_by_default}
 
 
 def summarize(this: pd.DataFrame, previous: pd.DataFrame | None, first: pd.DataFrame | None) -> list[dict[str, Any]]:

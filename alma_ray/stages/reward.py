@@ -93,11 +93,13 @@ class RewardScore(Stage):
 
 def reward_frame(paths: list[Path]) -> pd.DataFrame:
     """One row per evaluated answer of the scored stages at ``paths``: ``checkpoint``, ``prompt_id``, ``score``
-    (the reward; NaN when unscored), ``tokens``, ``chars``."""
+    (the reward; NaN when unscored), ``empty`` (the reward model flagged the answer as empty), ``tokens``,
+    ``chars``."""
     columns = ["checkpoint", "prompt_id", "response", "output_tokens", "reward", "reward_flag"]
     df = pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in paths], ignore_index=True)
     return pd.DataFrame({"checkpoint": df.checkpoint, "prompt_id": df.prompt_id,
-                         "score": df.reward.where(df.reward_flag == "", np.nan), "tokens": df.output_tokens,
+                         "score": df.reward.where(df.reward_flag == "", np.nan),
+                         "empty": df.reward_flag == "empty", "tokens": df.output_tokens,
                          "chars": df.response.astype(str).str.len()})
 
 

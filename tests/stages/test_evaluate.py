@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from alma_ray.stages.evaluate import summarize, win_rate
 
 
 def _scores(judge: str, scores: dict[str, float], tokens: int = 10) -> pd.DataFrame:
-    return pd.DataFrame([{"prompt_id": p, "judge": judge, "score": s, "tokens": tokens, "chars": 4 * tokens}
-                         for p, s in scores.items()])
+    return pd.DataFrame([{"prompt_id": p, "judge": judge, "score": s, "empty": False, "tokens": tokens,
+                          "chars": 4 * tokens} for p, s in scores.items()])
 
 
 def test_win_rate_counts_ties_as_half_and_leaves_unscored_prompts_out() -> None:
@@ -25,14 +26,16 @@ def test_win_rate_counts_ties_as_half_and_leaves_unscored_prompts_out() -> None:
 def test_an_answer_beats_an_empty_one_and_two_empty_answers_are_left_out() -> None:
     ours = _scores("j", {"a": 3.0, "b": 5.0, "c": float("nan"), "d": float("nan")})
     theirs = _scores("j", {"a": float("nan"), "b": 6.0, "c": 4.0, "d": float("nan")})
-    theirs.loc[theirs.prompt_id.isin(["a", "d"]), "chars"] = 0  # a, d: the other model answered nothing
-    ours.loc[ours.prompt_id == "d", "chars"] = 0  # d: neither did ours
+    theirs.loc[theirs.prompt_id.isin(["a", "d"]), "empty"] = True  # a, d: the other model answered nothing
+    ours.loc[ours.prompt_id == "d", "empty"] = True  # d: neither did ours
     result = win_rate(ours, theirs)  # c: ours flagged for another reason (not empty): left out
     assert result == {"prompts": 2, "wins": 1, "ties": 0, "losses": 1, "win_rate": 0.5, "unscored": 2,
                       "by_default": 1}
-    ours.loc[ours.prompt_id == "c", "chars"] = 0  # now c is an empty answer of ours against a scored one: a loss
-    assert win_rate(ours, theirs) | {"win_rate": None} == {"prompts": 3, "wins": 1, "ties": 0, "losses": 2,
-                                                          "win_rate": None, "unscored": 1, "by_default": 2}
+    ours.loc[ours.prompt_id == "c", "empty"] = True  # now c is an empty answer of ours against a scored one: a loss
+    result = win_rate(ours, theirs)
+    assert result["win_rate"] == pytest.approx(1 / 3)
+    assert {k: v for k, v in result.items() if k != "win_rate"} == {"prompts": 3, "wins": 1, "ties": 0, "losses": 2,
+                                                                     "unscored": 1, "by_default": 2}
 
 
 def test_summary_per_judge_with_nothing_to_compare_in_round_one() -> None:

@@ -184,6 +184,10 @@ class JudgeBuildConfig(_Section):
     """Share of the annotations' questions held out as preference pairs for the accuracy table."""
     epochs: int = Field(default=2, ge=1)
     lr: float = Field(default=1e-5, gt=0)
+    micro_batch: int | None = Field(default=None, ge=1)
+    """Rows a judge-training worker steps on at once; None: ``train.micro_batch``. Judge prompts hold the whole
+    rubric and answer (up to ``engine.max_model_len`` tokens) unbucketed, so a large micro-batch pads every row to
+    the longest and holds its activations: 1 trains without padding in the least memory."""
     distill_pairs: int = Field(default=64, ge=0)
     """M synthetic (prompt, response) pairs (seed prompts, base-model responses) the fine-tuned judge scores and
     then trains on (ALMA: 20k); 0 skips self-distillation."""
@@ -449,10 +453,11 @@ class AlmaConfig(RunConfig):
 
     @property
     def judge_training(self) -> TrainConfig:
-        """The judge build's training settings: ``train`` with ``judge.build``'s epochs and lr, the whole judge
-        prompt (``engine.max_model_len``) and no length bucketing."""
+        """The judge build's training settings: ``train`` with ``judge.build``'s epochs, lr and micro-batch, the
+        whole judge prompt (``engine.max_model_len``) and no length bucketing."""
         build = self.judge.build or JudgeBuildConfig()
         return TrainConfig.model_validate({**self.train.model_dump(), "epochs": build.epochs, "lr": build.lr,
+                                           "micro_batch": build.micro_batch or self.train.micro_batch,
                                            "max_seq_len": self.engine.max_model_len, "bucket_window": 1})
 
 

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from vllm import LLM
 
 
+SHUTDOWN_POLL_S = 0.1
+"""How often a Serve replica holding an engine checks for requests still in flight once its app is deleted (the
+deployment's ``graceful_shutdown_wait_loop_s``; Ray's default, 2 s, is a fixed wait on every delete of a judge or
+reward app: once a run, and once a test of the suite that starts one)."""
+
+
 def engine_env(engine: EngineConfig, *, use_gpu: bool, cpus: float) -> dict[str, str]:
     """Environment variables for a process that will hold a vLLM engine (set before vllm is imported)."""
     env = {"TORCHDYNAMO_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}

@@ -79,22 +79,29 @@ def engine_bytes(model: str, engine: EngineConfig) -> int:
     return size * in_engine // per_weight + int(max(1.0, engine.kv_cache_gb) * GiB) + GiB
 
 
-def training_bytes(model: str, train: TrainConfig, workers: int, *, sequences: int = 1) -> int:
+def training_bytes(model: str, train: TrainConfig, workers: int, *, sequences: int = 1,
+                   logit_positions: int | None = None) -> int:
     """Host memory a training's ``workers`` hold on CPU, roughly, or 0 when ``model`` is not a local folder.
 
     Per worker: the fp32 weights, their gradients and Adam's two moments (4 x the fp32 weights; ZeRO's shards of
     the moments are left uncounted, to stay on the safe side), the logits of a micro-batch with their log-softmax
-    and gradient (3 x micro_batch x ``sequences`` a row (DPO: 2) x max_seq_len x vocabulary x 4 bytes) and 1 GiB
-    for the process (torch, DeepSpeed). Measured: Gemma-3-270M (1.07 GB of fp32 weights, a 262k vocabulary),
-    micro-batches of 4 x 256 tokens: 7.2 GB a worker; estimated 8.6 GB."""
+    and gradient (3 x micro_batch x ``sequences`` a row (DPO: 2) x positions x vocabulary x 4 bytes, where the
+    positions are ``logit_positions`` a sequence reads (the judge: 2) or else every one, max_seq_len), the saved
+    activations (32 floats per hidden unit, layer and token of the micro-batch) and 1 GiB for the process (torch,
+    DeepSpeed). Measured on Gemma-3-270M (1.07 GB of fp32 weights, a 262k vocabulary, 18 layers of 640):
+    micro-batches of 4 x 256 tokens (SFT), 7.2 GB a worker, estimated 10.1 GB; the judge's rating loss on one
+    prompt of up to 1,120 tokens a step, 7.1 GB, estimated 8.4 GB (at max_seq_len 2048)."""
     found = _weights(model)
     if found is None:
         return 0
     config, size, per_weight = found
     text = config.get("text_config") or config
     weights = size * 4 // per_weight
-    logits = 3 * train.micro_batch * sequences * train.max_seq_len * int(text.get("vocab_size") or 0) * 4
-    return workers * (4 * weights + logits + GiB)
+    tokens = train.micro_batch * sequences * train.max_seq_len
+    positions = train.max_seq_len if logit_positions is None else min(logit_positions, train.max_seq_len)
+    logits = 3 * train.micro_batch * sequences * positions * int(text.get("vocab_size") or 0) * 4
+    activations = 32 * tokens * int(text.get("num_hidden_layers") or 0) * int(text.get("hidden_size") or 0) * 4
+    return workers * (4 * weights + logits + activations + GiB)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 from ray import serve
 
 from alma_ray.config import EngineConfig, ResourcesConfig
-from alma_ray.engine import actor_remote_args
+from alma_ray.engine import SHUTDOWN_POLL_S, actor_remote_args
 
 
 def as_classifier(model: str) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class RewardServer:
         options = actor_remote_args(engine, use_gpu=resources.use_gpu, cpus=resources.cpus_per_engine)
         return RewardReplica.options(  # type: ignore[attr-defined]
             name="reward-model", num_replicas=resources.judge_engines, ray_actor_options=options,
-            max_ongoing_requests=4 * self.max_batch_size,
+            max_ongoing_requests=4 * self.max_batch_size, graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S,
         ).bind(self.model, template=self.template, max_seq_len=self.max_seq_len, engine=engine.model_dump(),
                use_gpu=resources.use_gpu, max_batch_size=self.max_batch_size)
 

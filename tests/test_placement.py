@@ -33,3 +33,8 @@ def test_training_memory_is_estimated_from_the_model_folder(tmp_path: Path) -> N
     per_worker = 4 * 2000 + 3 * 2 * 16 * 1000 * 4 + GiB
     assert training_bytes(str(tmp_path), train, workers=2) == 2 * per_worker
     assert training_bytes("org/not-a-folder", train, workers=2) == 0  # unknown: no memory check
+    # the judge's loss reads 2 positions a row, not 16; layers x hidden add the saved activations
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16", "text_config": {"vocab_size": 1000, '
+                                          '"num_hidden_layers": 3, "hidden_size": 8}}')
+    per_worker = 4 * 2000 + 3 * 2 * 2 * 1000 * 4 + 32 * (2 * 16) * 3 * 8 * 4 + GiB
+    assert training_bytes(str(tmp_path), train, workers=2, logit_positions=2) == 2 * per_worker

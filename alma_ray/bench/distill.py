@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     from alma_ray.stages.judge_build import heldout_accuracy
     from alma_ray.stages.score import Score
     from alma_ray.store import RunStore
+    from alma_ray.train.objectives import JudgeRating
 
     config = load_config(args.run_dir / "config.yaml")
     if not isinstance(config, AlmaConfig):
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         pairs = run.stage(0, distill_pairs(config, engines, base=base, seed_prompts=pool, m=args.pairs,
                                            name="pairs"))
         scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), engines, keep=False), read=pairs)
-        engines.before_training(sft, config.judge_training)
+        engines.before_training(sft, config.judge_training, logit_positions=JudgeRating.logit_positions)
         trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
                                                 run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"),
                                      after=[scores])

@@ -36,7 +36,7 @@ from ray.data import ActorPoolStrategy, Dataset
 from ray.serve.handle import DeploymentHandle
 
 from alma_ray.config import EngineConfig, JudgeConfig, ResourcesConfig
-from alma_ray.engine import actor_remote_args
+from alma_ray.engine import SHUTDOWN_POLL_S, actor_remote_args
 
 APP = "alma-judge"
 ROUTE = "/judge"
@@ -228,13 +228,13 @@ def build_app(panel: Panel, engine: EngineConfig, resources: ResourcesConfig) ->
     for j in panel.judges:
         replica = JudgeReplica.options(  # type: ignore[attr-defined]
             name=f"judge-{j.name}", num_replicas=resources.judge_engines, ray_actor_options=options,
-            max_ongoing_requests=4 * max(1, panel.max_batch_size))
+            max_ongoing_requests=4 * max(1, panel.max_batch_size), graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S)
         judges[j.name] = replica.bind(j.model, name=j.name, version=panel.version, chat=j.chat,
                                       max_response_chars=panel.max_response_chars,
                                       max_prompt_chars=panel.max_prompt_chars,
                                       engine=engine.model_dump(), use_gpu=resources.use_gpu,
                                       max_batch_size=panel.max_batch_size)
-    return JudgeEnsemble.options(max_ongoing_requests=1024).bind(  # type: ignore[attr-defined]
+    return JudgeEnsemble.options(max_ongoing_requests=1024, graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S).bind(  # type: ignore[attr-defined]
         judges, {j.name: j.weight for j in panel.judges}, name=panel.name, version=panel.version,
         chunk=panel.max_batch_size, http=panel.http)
 

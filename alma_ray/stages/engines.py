@@ -340,8 +340,10 @@ class Engines:
         for panel in [p for p in held if p not in panels]:
             self.stop_judge(panel)
 
-    def before_training(self, model: str, train: TrainConfig, *, pairs: bool = False) -> None:
-        """Before training ``model`` with ``train`` (``pairs``: two sequences a row, as DPO's). On GPU, give back
+    def before_training(self, model: str, train: TrainConfig, *, pairs: bool = False,
+                        logit_positions: int | None = None) -> None:
+        """Before training ``model`` with ``train`` (``pairs``: two sequences a row, as DPO's; ``logit_positions``:
+        the positions a row's loss reads logits at, as the judge's 2, or None for every one). On GPU, give back
         every engine (training needs the devices). On CPU keep them for later stages while the cluster has the CPUs
         training needs beside them (its workers and one for its Ray Data tasks) and this node the memory
         (``alma_ray.placement.training_bytes``); else end the spares, then give back sampling engines, then judge
@@ -351,7 +353,8 @@ class Engines:
             return
         res = self.resources
         need = res.train_workers * res.cpus_per_train_worker + DATA_CPUS
-        memory = training_bytes(model, train, res.train_workers, sequences=2 if pairs else 1)
+        memory = training_bytes(model, train, res.train_workers, sequences=2 if pairs else 1,
+                                logit_positions=logit_positions)
         self.make_room(need)  # spares first: they hold CPUs and serve nothing now
         give_back: list[tuple[str, Callable[[], None]]] = [(m, partial(self.release, m)) for m in self.pools]
         apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]

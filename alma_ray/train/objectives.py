@@ -237,6 +237,8 @@ class Reward(_Pairs):
 class JudgeRating(Objective):
     name: ClassVar[str] = "judge"
     columns: ClassVar[tuple[str, ...]] = ("prompt", "response", "target")
+    logit_positions: ClassVar[int] = 2
+    """Positions a row's loss reads logits at: the rating slot and the slot after a "1"."""
     chat: bool | None = None
     max_response_chars: int = 4000
     score_tokens: Any = None
@@ -259,11 +261,15 @@ class JudgeRating(Objective):
 
         inputs = _padded(batch, "input_ids", "input_ids", pad_id, engine.device)
         mask = inputs["attention_mask"]
-        logits = engine(input_ids=inputs["input_ids"], attention_mask=mask).logits
+        pos = torch.as_tensor(np.asarray(batch["rating_pos"], dtype=np.int64), device=engine.device)
+        # The LM head runs only at the positions some row reads (its rating slot and the slot after it), not over
+        # the whole judge prompt: with a large vocabulary (Gemma-3: 262k) the head is most of a step's work.
+        keep = torch.unique(torch.cat([pos, pos + 1]))
+        logits = engine(input_ids=inputs["input_ids"], attention_mask=mask, logits_to_keep=keep).logits
         rows = torch.arange(logits.shape[0], device=logits.device)
-        pos = torch.as_tensor(np.asarray(batch["rating_pos"], dtype=np.int64), device=logits.device)
+        at = torch.searchsorted(keep, pos)
         tokens = self.score_tokens
-        score_lp = score_logprobs(logits[rows, pos], logits[rows, pos + 1], tokens.digits, tokens.ten)
+        score_lp = score_logprobs(logits[rows, at], logits[rows, at + 1], tokens.digits, tokens.ten)
         target = torch.as_tensor(np.stack(batch["target"]), device=logits.device)
         loss, metrics = judge_rating_loss(score_lp, target)
         return loss, metrics, int(mask.sum()), mask.numel()

@@ -52,7 +52,7 @@ def test_before_training_on_cpu_gives_back_until_cpus_and_memory_suffice(monkeyp
     given_back: list[str] = []
     monkeypatch.setattr(module, "_free_cpus", lambda need, wait_s=15.0: state["cpus"])
     monkeypatch.setattr(module, "_free_memory", lambda need, wait_s=15.0: int(state["memory"]))
-    monkeypatch.setattr(module, "training_bytes", lambda model, train, workers, sequences=1: 3 * GiB * sequences)
+    monkeypatch.setattr(module, "training_bytes", lambda model, train, workers, sequences=1, **_: 3 * GiB * sequences)
     engines = Engines(EngineConfig(), ResourcesConfig(train_workers=2))  # needs 3 CPUs (2 workers + data)
 
     def release(model: str) -> None:

@@ -137,6 +137,39 @@ def test_judge_targets_are_checked(tiny_model: str) -> None:
         tokenize_judge(batch, model=tiny_model, max_seq_len=16, chat=None, max_response_chars=100)
 
 
+def test_the_judge_loss_reads_only_the_rating_slots_and_matches_the_full_logits(tiny_model: str) -> None:
+    """``JudgeRating.loss`` runs the LM head at the rows' rating slots only (``logits_to_keep``); on rows of
+    different lengths (padded) it must equal the loss read from the full logits."""
+    from transformers import AutoModelForCausalLM
+
+    from alma_ray.judge.rubric import ScoreTokens
+    from alma_ray.train.data import one_hot_ratings, tokenize_judge
+    from alma_ray.train.losses import judge_rating_loss, score_logprobs
+    from alma_ray.train.objectives import JudgeRating
+
+    tok = _tokenizer(tiny_model)
+    batch = tokenize_judge({"prompt": np.array(["hi", "Name three primes and say why each is one.", "Count."]),
+                            "response": np.array(["hello there", "2, 3, 5", "one two three four five six"]),
+                            "target": list(one_hot_ratings([9, 2, 5]))},
+                           model=tiny_model, max_seq_len=1024, chat=None, max_response_chars=100)
+    assert len({len(ids) for ids in batch["input_ids"]}) == 3  # padding differs per row
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    objective = JudgeRating().bind(tok)
+    loss, metrics, real, cells = objective.loss(model, None, batch, tok.eos_token_id)
+    loss.backward()
+    assert model.get_output_embeddings().weight.grad is not None
+
+    ids = pad_batch(list(batch["input_ids"]), list(batch["input_ids"]), tok.eos_token_id)
+    with torch.no_grad():
+        full = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
+    rows, pos = torch.arange(3), torch.tensor(batch["rating_pos"])
+    tokens = ScoreTokens.from_tokenizer(tok)
+    wanted, _ = judge_rating_loss(score_logprobs(full[rows, pos], full[rows, pos + 1], tokens.digits, tokens.ten),
+                                  torch.as_tensor(np.stack(batch["target"])))
+    assert float(loss.detach()) == pytest.approx(float(wanted), rel=1e-5)
+    assert real == sum(len(i) for i in batch["input_ids"]) and cells == 3 * max(len(i) for i in batch["input_ids"])
+
+
 def test_dpo_reference_online_and_precomputed_give_the_same_loss(tiny_model: str) -> None:
     """The two ``train.dpo_reference`` modes: a reference model inside the step, or ``ReferenceLogprobs`` first."""
     from transformers import AutoModelForCausalLM

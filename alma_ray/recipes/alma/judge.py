@@ -68,7 +68,7 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
     train_rows = [r for r in table if r["split"] == "train"]
     examples = pa.Table.from_pylist([{"prompt": r["prompt"], "response": r["response"], "target": t.tolist()}
                                      for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
-    engines.before_training(judge_start, config.judge_training)
+    engines.before_training(judge_start, config.judge_training, logit_positions=JudgeRating.logit_positions)
     sft = run.stage(ROUND, judge_training(config, "judge_sft", model=judge_start, examples=examples),
                     after=[annotations])
     trained = [sft]
@@ -77,7 +77,7 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
                                                m=build.distill_pairs), after=[sft])
         scores = run.stage(ROUND, Score(Panel.compare(config.judge, {"sft": str(sft.path)}), engines, keep=False,
                                         rows=pairs.manifest.rows, name="distill_scores"), read=pairs)
-        engines.before_training(str(sft.path), config.judge_training)
+        engines.before_training(str(sft.path), config.judge_training, logit_positions=JudgeRating.logit_positions)
         trained.append(run.stage(ROUND, distill(config, "judge_distill", judge=str(sft.path), scores=scores,
                                                 target=build.distill_target), after=[scores]))
     members = {"base": judge_start, "sft": str(sft.path),

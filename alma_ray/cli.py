@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import ray
+
     from alma_ray.recipes import recipe_for
     from alma_ray.recipes.base import open_store
     from alma_ray.runtime import init_ray
@@ -75,10 +77,12 @@ def _run(args: argparse.Namespace) -> int:
     recipe.check(config)  # bad seed or annotation files stop here, before Ray starts
     with open_store(config, repair=args.repair) as store:  # the run directory's lock, held until the run ends
         init_ray(plan, args.address)
-        summary = recipe.run(config, store, print)
-    result = summary.json()
+        try:
+            summary = recipe.run(config, store, print)
+        finally:  # Ray's thread that prints the workers' lines ends: none can split the summary line below
+            ray.shutdown()
     print(f"\nrun finished in {summary.wall_s:.1f} s; outputs in {summary.run_dir}")
-    print(json.dumps(result))
+    sys.stdout.write(json.dumps(summary.json()) + "\n")  # one write: the line a script parses, whole
     return 0
 
 

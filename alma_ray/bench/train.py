@@ -44,7 +44,10 @@ def _config(model: str, args: argparse.Namespace) -> AlmaConfig:
     return AlmaConfig.model_validate(dict(
         base_model=model, judge={"model": model}, generation={"checkpoints": [{"name": "a", "model": model}]},
         train={"micro_batch": args.micro_batch, "max_seq_len": args.max_seq_len, "lr": 1e-4, "epochs": args.epochs,
-               "zero_stage": args.zero_stage, "bucket_window": args.bucket_window, "report_every": 10**6},
+               "zero_stage": args.zero_stage, "bucket_window": args.bucket_window, "report_every": 10**6,
+               # both arms run the same step: the bare one has no Ray Data pass to precompute the reference's
+               # log-probs, so DPO's reference runs in the step (train.dpo_reference, docs/training.md)
+               "dpo_reference": "online"},
         resources={"train_workers": args.workers}))
 
 
@@ -83,11 +86,10 @@ def bare_worker(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = _rows(args.rows, args.loss)[rank::world]
     data = {k: np.array([r[k] for r in rows]) for k in rows[0]}  # raw rows: the worker tokenizes, as under Ray
-    for epoch in range(worker.train.epochs):
-        for batch in worker.micro_batches(windows(data, worker.train.micro_batch * worker.train.bucket_window),
-                                          epoch):
-            worker.step += 1
-            worker.run_step(batch)
+    size = worker.train.micro_batch * worker.train.bucket_window
+    for _, batch, last in worker.schedule(lambda _: windows(data, size)):
+        worker.step += 1
+        worker.run_step(batch, last=last)
     if rank == 0:
         Path(args.out).write_text(json.dumps({k: v for k, v in worker.summary().items() if k != "losses"}))
     dist.barrier()

@@ -167,8 +167,7 @@ class ReferenceLogprobs:
         out: dict[str, Any] = dict(batch)
         tokens = self.tokenize(batch)
         for side in ("chosen", "rejected"):
-            inputs = {k: v.to(self.device) for k, v in pad_batch(tokens[f"{side}_input_ids"],
-                                                                 tokens[f"{side}_labels"], self.pad_id).items()}
+            inputs = pad_batch(tokens[f"{side}_input_ids"], tokens[f"{side}_labels"], self.pad_id, self.device)
             with torch.no_grad():
                 logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             out[f"{side}_ref_logp"] = sequence_logprobs(logits, inputs["labels"]).double().cpu().numpy()
@@ -185,19 +184,36 @@ def one_hot_ratings(scores: Iterable[int]) -> list[np.ndarray]:
     return out
 
 
-def pad_batch(input_ids: list[np.ndarray], labels: list[np.ndarray], pad_id: int) -> dict[str, Any]:
-    """Right-pad a list of sequences to the batch's longest: input_ids, labels (-100 on padding), attention_mask."""
+GPU_PAD_MULTIPLE = 64
+"""On a GPU a micro-batch's width is rounded up to a multiple of this, so that the attention kernels meet a few
+shapes rather than a new one at every step (docs/training.md, "On a GPU")."""
+
+
+def batch_width(lengths: list[int], device: Any = None) -> int:
+    """A micro-batch's padded width: its longest sequence, on a GPU rounded up to ``GPU_PAD_MULTIPLE``."""
     import torch
 
-    width = max(len(x) for x in input_ids)
-    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    width = max(lengths)
+    if device is not None and torch.device(device).type == "cuda":
+        width = -(-width // GPU_PAD_MULTIPLE) * GPU_PAD_MULTIPLE
+    return width
+
+
+def pad_batch(input_ids: list[np.ndarray], labels: list[np.ndarray], pad_id: int, device: Any = None
+              ) -> dict[str, Any]:
+    """Right-pad a list of sequences to the batch's longest (on a GPU rounded up to ``GPU_PAD_MULTIPLE``), on
+    ``device`` (None: the CPU): input_ids, labels (-100 on padding), attention_mask."""
+    import torch
+
+    ids = torch.full((len(input_ids), batch_width([len(x) for x in input_ids], device)), pad_id, dtype=torch.long)
     lab = torch.full_like(ids, IGNORE)
     mask = torch.zeros_like(ids)
     for i, (x, y) in enumerate(zip(input_ids, labels)):
         ids[i, : len(x)] = torch.tensor(x)
         lab[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
-    return {"input_ids": ids, "labels": lab, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": lab, "attention_mask": mask}
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}
 
 
 def row_lengths(batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,10 +128,25 @@ class Worker:
         return micro_batches(map(self.encode, windows), micro_batch=self.train.micro_batch, rng=rng,
                              bucket=self.train.bucket_window > 1)
 
-    def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimizer micro-step; returns what to report (loss, step, the objective's running metrics)."""
+    def schedule(self, windows: Callable[[int], Iterable[dict[str, Any]]]
+                 ) -> Iterator[tuple[int, dict[str, Any], bool]]:
+        """(epoch, micro-batch, last) for every micro-batch of every epoch, in order; ``windows(epoch)`` gives that
+        epoch's raw rows. ``last`` marks the training's final micro-batch (``run_step``)."""
+        stream = ((epoch, batch) for epoch in range(self.train.epochs)
+                  for batch in self.micro_batches(windows(epoch), epoch))
+        ahead = next(stream, None)
+        while ahead is not None:
+            (epoch, batch), ahead = ahead, next(stream, None)
+            yield epoch, batch, ahead is None
+
+    def run_step(self, batch: dict[str, Any], *, last: bool = False) -> dict[str, float]:
+        """One micro-step; returns what to report (loss, step, the objective's running metrics). The optimizer
+        steps every ``train.grad_accum`` micro-steps and after the ``last`` one, so that a final, partial
+        accumulation is not lost (its gradient weighs its share of ``grad_accum``, as DeepSpeed scales each)."""
         if not self.first_step_at:
             self.first_step_at = time.time()
+        if last:  # every rank runs as many micro-steps (alma_ray.train.data.micro_batches): all step here
+            self.engine.set_gradient_accumulation_boundary(True)
         loss, metrics, tokens, cells = self.objective.loss(self.engine, self.reference, batch, self.pad_id)
         self.engine.backward(loss)
         self.engine.step()
@@ -171,7 +186,8 @@ class Worker:
         last_quarter = metrics_mean(self.history[-max(1, len(self.history) // 4):])
         return {
             "objective": self.objective.name, "loss": self.losses[-1] if self.losses else float("nan"),
-            "steps": len(self.losses), "resumed_from_step": self.resumed_from,
+            "steps": len(self.losses), "optimizer_steps": int(self.engine.global_steps),
+            "resumed_from_step": self.resumed_from,
             "train_tokens_per_s_rank0": self.tokens / elapsed if elapsed else 0.0,
             "steady_tokens_per_s_rank0": steady, "padding_fraction": 1 - self.tokens / max(1, self.cells),
             "busy_s": round(elapsed, 3),
@@ -229,22 +245,21 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 progress = json.loads(Path(state_dir, PROGRESS).read_text())
                 worker.losses, worker.history = progress["losses"], progress["history"]
                 worker.resumed_from = progress["step"]
-    for epoch in range(train.epochs):
-        windows = _windows(cfg, "train", train.micro_batch * train.bucket_window, shard=True)
-        for batch in worker.micro_batches(windows, epoch):
-            worker.step += 1
-            if worker.step <= worker.resumed_from:  # done before the restart (the shard's order may differ)
-                continue
-            report = {**worker.run_step(batch), "epoch": epoch}
-            if train.checkpoint_every and worker.step % train.checkpoint_every == 0:
-                with tempfile.TemporaryDirectory() as state_dir:  # every rank writes its ZeRO shard
-                    worker.engine.save_checkpoint(state_dir, tag=STATE_TAG)
-                    if rank == 0:
-                        Path(state_dir, PROGRESS).write_text(json.dumps(
-                            {"step": worker.step, "losses": worker.losses, "history": worker.history}))
-                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(state_dir))
-            elif worker.step % train.report_every == 0:
-                ray.train.report(report)
+    for epoch, batch, last in worker.schedule(
+            lambda _: _windows(cfg, "train", train.micro_batch * train.bucket_window, shard=True)):
+        worker.step += 1
+        if worker.step <= worker.resumed_from:  # done before the restart (the shard's order may differ)
+            continue
+        report = {**worker.run_step(batch, last=last), "epoch": epoch}
+        if train.checkpoint_every and worker.step % train.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as state_dir:  # every rank writes its ZeRO shard
+                worker.engine.save_checkpoint(state_dir, tag=STATE_TAG)
+                if rank == 0:
+                    Path(state_dir, PROGRESS).write_text(json.dumps(
+                        {"step": worker.step, "losses": worker.losses, "history": worker.history}))
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(state_dir))
+        elif worker.step % train.report_every == 0:
+            ray.train.report(report)
     summary = worker.summary()
     if cfg.get("heldout"):
         batches = _windows(cfg, "heldout", train.micro_batch, shard=False)

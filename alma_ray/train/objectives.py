@@ -48,7 +48,7 @@ def _causal_lm(path: str) -> Any:
 
 
 def _padded(batch: dict[str, Any], ids: str, labels: str, pad_id: int, device: Any) -> dict[str, Any]:
-    return {k: v.to(device) for k, v in pad_batch(list(batch[ids]), list(batch[labels]), pad_id).items()}
+    return pad_batch(list(batch[ids]), list(batch[labels]), pad_id, device)
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,8 @@ class _Pairs(Objective):
     def both(batch: dict[str, Any], pad_id: int, device: Any) -> tuple[int, dict[str, Any]]:
         """(pairs, inputs): rows [:pairs] are the chosen sides, [pairs:] the rejected."""
         n = len(batch["chosen_input_ids"])
-        inputs = {k: v.to(device) for k, v in pad_batch(
-            [*batch["chosen_input_ids"], *batch["rejected_input_ids"]],
-            [*batch["chosen_labels"], *batch["rejected_labels"]], pad_id).items()}
+        inputs = pad_batch([*batch["chosen_input_ids"], *batch["rejected_input_ids"]],
+                           [*batch["chosen_labels"], *batch["rejected_labels"]], pad_id, device)
         return n, inputs
 
 

@@ -1,4 +1,5 @@
-"""Length bucketing: every row once, the same number of micro-batches as without it, and less padding."""
+"""Length bucketing: every row once, the same number of micro-batches as without it, and less padding; padded
+widths."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma_ray.train.data import as_columns, micro_batches, padding_fraction, windows
+from alma_ray.train.data import (
+    GPU_PAD_MULTIPLE,
+    as_columns,
+    batch_width,
+    micro_batches,
+    pad_batch,
+    padding_fraction,
+    windows,
+)
 
 
 def _windows(lengths: list[int], size: int) -> list[dict[str, np.ndarray]]:
@@ -32,6 +41,16 @@ def test_bucketing_keeps_every_row_and_the_step_count() -> None:
 def test_bucketing_cuts_padding() -> None:
     lengths = np.random.default_rng(0).integers(10, 300, size=1000)
     assert padding_fraction(lengths, 8, window=16) < padding_fraction(lengths, 8, window=1) / 4
+
+
+def test_a_batch_is_padded_to_its_longest_row_and_on_a_gpu_to_a_multiple() -> None:
+    batch = pad_batch([np.arange(1, 4), np.arange(1, 71)], [np.arange(1, 4), np.arange(1, 71)], pad_id=0)
+    assert batch["input_ids"].shape == (2, 70) and batch["attention_mask"].sum() == 73
+    assert (batch["labels"][0, 3:] == -100).all() and (batch["input_ids"][0, 3:] == 0).all()
+    assert batch_width([3, 70]) == batch_width([3, 70], "cpu") == 70
+    # a GPU's attention kernels meet a few widths, not one per step (the width is computed; no GPU needed here)
+    assert batch_width([3, 70], "cuda") == batch_width([3, 70], "cuda:0") == 2 * GPU_PAD_MULTIPLE == 128
+    assert batch_width([64], "cuda") == 64
 
 
 def _stages(tmp_path: Path) -> list[str]:

@@ -47,10 +47,6 @@ def _causal_lm(path: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
-def _padded(batch: dict[str, Any], ids: str, labels: str, pad_id: int, device: Any) -> dict[str, Any]:
-    return pad_batch(list(batch[ids]), list(batch[labels]), pad_id, device)
-
-
 @dataclass(frozen=True)
 class Objective:
     """What every objective declares; subclasses set ``name`` and ``columns`` and implement ``tokenize``/``loss``."""
@@ -114,7 +110,7 @@ class SFT(Objective):
     def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
         from alma_ray.train.losses import sft_loss
 
-        inputs = _padded(batch, "input_ids", "labels", pad_id, engine.device)
+        inputs = pad_batch(list(batch["input_ids"]), list(batch["labels"]), pad_id, engine.device)
         logits = engine(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         mask = inputs["attention_mask"]
         return sft_loss(logits, inputs["labels"]), {}, int(mask.sum()), mask.numel()
@@ -258,7 +254,7 @@ class JudgeRating(Objective):
 
         from alma_ray.train.losses import judge_rating_loss, score_logprobs
 
-        inputs = _padded(batch, "input_ids", "input_ids", pad_id, engine.device)
+        inputs = pad_batch(list(batch["input_ids"]), list(batch["input_ids"]), pad_id, engine.device)
         mask = inputs["attention_mask"]
         pos = torch.as_tensor(np.asarray(batch["rating_pos"], dtype=np.int64), device=engine.device)
         # The LM head runs only at the positions some row reads (its rating slot and the slot after it), not over

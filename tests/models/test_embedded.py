@@ -13,11 +13,17 @@ from alma_ray.models.registry import ModelError, prepare_embedded, resolve_model
 pytestmark = pytest.mark.slow
 
 
-def test_prepare_both_and_generate_with_vllm() -> None:
+def test_prepare_both_and_generate_with_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gguf
+
     from alma_ray.config import EngineConfig
     from alma_ray.engine import build_llm
 
+    parsed: list[str] = []
+    reader = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *a: parsed.append(str(path)) or reader(path, *a))
     gemma = prepare_embedded("gemma3-270m")
+    assert len(parsed) == 1, parsed  # config, tokenizer and weights share one parse of the file (about 9 s each)
     assert json.loads((gemma / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
     verify(gemma)
     smol = prepare_embedded("smollm2-135m-instruct")

@@ -45,13 +45,9 @@ def _parsed_once() -> Iterator[None]:
         gguf.GGUFReader = real  # type: ignore[misc]
 
 
+@_parsed_once()
 def _convert_gguf(gguf: Path, dest: Path) -> None:
     """Dequantize ``gguf`` with transformers' GGUF reader; save model + tokenizer to ``dest``."""
-    with _parsed_once():
-        _convert(gguf, dest)
-
-
-def _convert(gguf: Path, dest: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint

@@ -38,3 +38,20 @@ def test_training_memory_is_estimated_from_the_model_folder(tmp_path: Path) -> N
                                           '"num_hidden_layers": 3, "hidden_size": 8}}')
     per_worker = 4 * 2000 + 3 * 2 * 2 * 1000 * 4 + 32 * (2 * 16) * 3 * 8 * 4 + GiB
     assert training_bytes(str(tmp_path), train, workers=2, logit_positions=2) == 2 * per_worker
+
+
+def test_engine_memory_counts_weights_kv_cache_process_and_vocabulary(tmp_path: Path) -> None:
+    """Measured on CPU (``engine_bytes``' docstring): Gemma-3-270M's engine holds 5.09 GiB, 2 GiB of it beyond
+    weights, KV cache and process, in proportion to its 262k x 640 embedding matrix."""
+    import json
+
+    from alma_ray.placement import GiB, engine_bytes
+
+    (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16", "vocab_size": 1000,
+                                                      "hidden_size": 8}))
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)  # 500 bf16 weights
+    fp32 = EngineConfig(dtype="float32", kv_cache_gb=2.0)
+    assert engine_bytes(str(tmp_path), fp32) == 2000 + 2 * GiB + GiB + int(3.5 * 1000 * 8 * 4)
+    assert engine_bytes(str(tmp_path), EngineConfig(dtype="bfloat16", kv_cache_gb=0.5)) == (
+        1000 + GiB + GiB + int(3.5 * 1000 * 8 * 2))  # the KV cache counts at least 1 GiB
+    assert engine_bytes("org/not-a-folder", fp32) == 0

@@ -6,16 +6,19 @@ reuse them. Stages still stream their batches through Ray Data: light tasks hand
 What stays up is the recipe's call, from its plan: ``keep_only`` gives back the engines no later stage needs (ALMA: the
 base model's after round 0, an earlier round's checkpoint once no mix names it), and ``before_training`` gives back
 every engine on a GPU cluster, where the devices are needed for training; on CPU the engines stay while the machine has
-the CPUs and the memory the training needs beside them (the local Ray instance reserves logical CPUs for them: they
-take turns on the same cores, and an idle engine costs memory, not CPU; a 270M model's training workers need about 7 GB
-each, ``alma_ray.placement.training_bytes``). On CPU a sampling engine given back is shut down but its process kept
-(``spare``): the next model's pool takes it over and loads the new checkpoint in seconds, where a new process spends
-about half a minute importing vLLM (each round's new checkpoint, each probe). ``close`` ends them all. A dead engine is
-restarted by Ray and the batch it held retried; every request names the model it needs, so a restarted or taken-over
-engine loads the right one."""
+the CPUs and the memory the training needs beside them (the local Ray instance reserves logical CPUs for them: they take
+turns on the same cores, and an idle engine costs memory, not CPU; a 270M model's training workers need about 7 GB each,
+``alma_ray.placement.training_bytes``). New sampling engines and judge or reward apps on CPU make room the same way
+(``memory_for_engines``, ``memory_for_app``: ``alma_ray.placement.engine_bytes``, engines still loading counted as
+loaded), or Ray's memory monitor kills one and Ray restarts it, in a loop. On CPU a sampling engine given back is shut
+down but its process kept (``spare``): the next model's pool takes it over and loads the new checkpoint in seconds,
+where a new process spends about half a minute importing vLLM (each round's new checkpoint, each probe). ``close`` ends
+them all. A dead engine is restarted by Ray and the batch it held retried; every request names the model it needs, so a
+restarted or taken-over engine loads the right one."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -46,14 +49,25 @@ DATA_CPUS = 1.0
 
 
 def _free_memory(need: int, wait_s: float = 15.0) -> int:
-    """This node's available memory in bytes, waiting up to ``wait_s`` for processes just ended to return theirs
-    (a laptop's one node, where the driver runs and training will run)."""
+    """The bytes this node's processes can still take before Ray's memory monitor starts killing them (its
+    available memory less the monitor's reserve: ``RAY_memory_usage_threshold``, 0.95 of the total by default),
+    waiting up to ``wait_s`` for processes just ended to return theirs (a laptop's one node, where the driver runs
+    and training will run); the wait ends early once it stops growing (``SETTLE_S``)."""
+    threshold = float(os.environ.get("RAY_memory_usage_threshold", 0.95))
     deadline = time.time() + wait_s
+    most, grew_at = -1, time.time()
     while True:
-        free = int(psutil.virtual_memory().available)
-        if free >= need or time.time() > deadline:
+        memory = psutil.virtual_memory()
+        free, now = int(memory.available - (1 - threshold) * memory.total), time.time()
+        if free > most + 64 * 2**20:
+            most, grew_at = free, now
+        if free >= need or now > deadline or now - grew_at > SETTLE_S:
             return free
         time.sleep(0.5)
+
+
+SETTLE_S = 3.0
+"""Seconds without 64 MiB more free memory after which the processes just ended have returned theirs."""
 
 
 def _free_cpus(need: float, wait_s: float = 15.0) -> float:
@@ -212,6 +226,11 @@ class Engines:
         devices)."""
         self.apps: dict[Panel, str] = {}
         self.rewards: dict[RewardServer, str] = {}
+        self.loading: list[tuple[Any, int]] = []
+        """(a reference that resolves once the engine holds its model, the bytes it will hold) of sampling engines
+        started or taken over on CPU: an engine loads after ``samplers`` returns, so until then its memory is not
+        yet taken and every check counts it as taken (two engines started back to back once both passed a check
+        that only one fitted)."""
 
     def __enter__(self) -> Engines:
         self.clean_up_dead_apps()
@@ -239,19 +258,25 @@ class Engines:
         """``size`` sampling engines of ``model`` (an HF folder), built on the first ask."""
         pool = self.pools.setdefault(model, [])
         if len(pool) < size:
+            cpu, held = not self.resources.use_gpu, engine_bytes(model, self.engine)
+            if cpu:  # a spare taken over holds its process already
+                self.memory_for_engines((size - len(pool)) * held - min(size - len(pool), len(self.spare)) * GiB)
             taken = min(size - len(pool), len(self.spare))
-            for actor in self.spare[:taken]:  # loads ``model`` with its first batch (``SampleRequest.model``)
-                actor.load.remote(model)
+            for actor in self.spare[:taken]:
+                ready = actor.load.remote(model)
+                if cpu:
+                    self.loading.append((ready, held - GiB))
             pool += self.spare[:taken]
             del self.spare[:taken]
-            if size > len(pool) and not self.resources.use_gpu:
-                self.memory_for_engines((size - len(pool)) * engine_bytes(model, self.engine))
             actor = ray.remote(SamplingEngine).options(  # type: ignore[attr-defined]
                 max_restarts=-1, max_task_retries=-1, max_concurrency=1,
                 **actor_remote_args(self.engine, use_gpu=self.resources.use_gpu,
                                     cpus=self.resources.cpus_per_engine))
-            pool += [actor.remote(model, engine=self.engine, use_gpu=self.resources.use_gpu)
-                     for _ in range(size - len(pool))]
+            new: list[Any] = [actor.remote(model, engine=self.engine, use_gpu=self.resources.use_gpu)
+                              for _ in range(size - len(pool))]
+            if cpu:
+                self.loading += [(a.holds.remote(), held) for a in new]
+            pool += new
             self.log(f"engines: {size} sampling engine(s) of {model} up"
                      + (f" ({taken} taken over from a model given back)" if taken else ""))
         return pool[:size]
@@ -265,6 +290,8 @@ class Engines:
             route = ROUTE if self.app == APP else f"{ROUTE}/{self.app}"
             if not self.resources.use_gpu:
                 self.make_room(len(panel.judges) * self.resources.judge_engines * self.resources.cpus_per_engine)
+                self.memory_for_app(panel, sum(self.resources.judge_engines * engine_bytes(j.model, self.engine)
+                                               for j in panel.judges), f"judge app {name}")
             serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
             serve.run(build_app(panel, self.engine, self.resources), name=name, route_prefix=route if main else None)
             self.apps[panel] = name
@@ -279,6 +306,8 @@ class Engines:
             name = f"{self.app}-rm-{len(self.rewards)}"
             if not self.resources.use_gpu:
                 self.make_room(self.resources.judge_engines * self.resources.cpus_per_engine)
+                self.memory_for_app(server, self.resources.judge_engines * engine_bytes(server.model, self.engine),
+                                    f"reward app {name}")
             serve.start(http_options={"host": "127.0.0.1"})
             serve.run(server.app(self.engine, self.resources), name=name, route_prefix=None)
             self.rewards[server] = name
@@ -293,13 +322,14 @@ class Engines:
         if (name := self.apps.pop(panel, None)) is not None:
             serve.delete(name)
 
-    def release(self, model: str) -> None:
-        """Give back the sampling engines of ``model``: ended on GPU; on CPU shut down and kept as spares."""
+    def release(self, model: str, *, end: bool = False) -> None:
+        """Give back the sampling engines of ``model``: ended on GPU (or when ``end``: memory is short); on CPU
+        shut down and kept as spares."""
         for actor in self.pools.pop(model, []):
-            if self.resources.use_gpu:
+            if self.resources.use_gpu or end:
                 ray.kill(actor)
-            else:
-                actor.unload.remote()
+            else:  # not retried: a spare may be ended (ray.kill) before it is done
+                actor.unload.options(max_task_retries=0).remote()
                 self.spare.append(actor)
 
     def end_spares(self) -> None:
@@ -316,20 +346,42 @@ class Engines:
             _free_cpus(cpus)
 
     def memory_for_engines(self, need: int) -> None:
-        """On CPU, before starting sampling engines that need ``need`` bytes: when this node has less free, end the
-        spares, then give back the judge and reward apps (a stage that starts engines does not score; an app
-        restarts when next asked for). Else Ray's memory monitor kills the new engine, and Ray restarts it, in a
-        loop that never ends."""
-        if _free_memory(need, wait_s=0) >= need:
-            return
-        self._memory_for(need)
+        """On CPU, before starting sampling engines that need ``need`` bytes (``alma_ray.placement.engine_bytes``,
+        spares taken over included): when this node has less free, give back the judge and reward apps (a stage
+        that starts engines does not score; an app restarts when next asked for), then end the spares. Else Ray's
+        memory monitor kills the new engine, and Ray restarts it, in a loop that never ends."""
         apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
-        for panel, name in apps:
-            if _free_memory(need, wait_s=0) >= need:
+        self._room(need, "sampling engines", [(f"judge app {name}", partial(self.stop_judge, panel))
+                                              for panel, name in apps] + self._spares())
+
+    def memory_for_app(self, panel: Panel | RewardServer, need: int, what: str) -> None:
+        """On CPU, before a judge or reward app that needs ``need`` bytes starts: when this node has less free,
+        end the spares, then give back the other apps, then the sampling pools (a scoring stage samples nothing;
+        a pool restarts when next asked for). Else Ray's memory monitor kills a replica or an engine, and Ray
+        restarts it, in a loop that never ends."""
+        apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
+        self._room(need, what, self._spares()
+                   + [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps if p != panel]
+                   + [(f"the sampling engines of {m}", partial(self.release, m, end=True)) for m in self.pools])
+
+    def _spares(self) -> list[tuple[str, Callable[[], None]]]:
+        return [(f"{len(self.spare)} spare engine process(es)", self.end_spares)] if self.spare else []
+
+    def _room(self, need: int, what: str, give_back: list[tuple[str, Callable[[], None]]]) -> None:
+        """Call ``give_back``'s releases in order until this node has ``need`` bytes free for ``what``; say so
+        when even all of it is not enough."""
+        free = self._free(need, wait_s=0)
+        for name, release in give_back:
+            if free >= need:
                 return
-            self.stop_judge(panel)
-            self.log(f"engines: gave back judge app {name} to make room for sampling engines ({need / GiB:.1f} GiB)")
-            _free_memory(need)
+            release()
+            self.log(f"engines: gave back {name} to make room for {what} ({need / GiB:.1f} GiB; {free / GiB:.1f} "
+                     "GiB were free)")
+            free = self._free(need)
+        if free < need:
+            self.log(f"engines: {what} need(s) about {need / GiB:.1f} GiB and this node has {free / GiB:.1f} GiB "
+                     "free; if Ray's memory monitor kills them, lower engine.kv_cache_gb or run fewer engines "
+                     "(resources.engines_per_checkpoint, resources.judge_engines, the checkpoints in the mix)")
 
     def keep_only(self, models: Collection[str], panels: Collection[Panel | RewardServer] = ()) -> None:
         """Give back every sampling engine whose model is not in ``models`` and every judge or reward app not in
@@ -374,10 +426,19 @@ class Engines:
     def _memory_for(self, memory: int, wait_s: float = 15.0) -> int:
         """This node's available memory, after ending the spares if it falls short of ``memory`` (a spare holds
         its process's memory, and on CPU a pool given back becomes spares)."""
-        if self.spare and _free_memory(memory, wait_s=0) < memory:
+        if self.spare and self._free(memory, wait_s=0) < memory:
             self.log(f"engines: ended {len(self.spare)} spare engine process(es) to free memory")
             self.end_spares()
-        return _free_memory(memory, wait_s)
+        return self._free(memory, wait_s)
+
+    def _free(self, need: int, wait_s: float = 15.0) -> int:
+        """This node's free memory (``_free_memory``) less what the engines still loading will take."""
+        if self.loading:
+            refs = [ref for ref, _ in self.loading]
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+            self.loading = [(ref, held) for ref, held in self.loading if ref not in ready]
+        loading = sum(held for _, held in self.loading)
+        return _free_memory(need + loading, wait_s) - loading
 
     def close(self) -> None:
         self.keep_only(())

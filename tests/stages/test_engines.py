@@ -103,3 +103,77 @@ def test_new_sampling_engines_on_cpu_make_room_by_giving_back_judge_apps(monkeyp
     assert stopped == ["judge", "eval judge"] and list(engines.apps) == ["third"]
     engines.memory_for_engines(4 * GiB)  # enough now: nothing more
     assert stopped == ["judge", "eval judge"]
+
+
+def test_a_judge_app_on_cpu_makes_room_from_spares_other_apps_then_sampling_pools(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ALMA's round 3 on the laptop: three Gemma sampling engines up (5.1 GiB each), then the scores stage starts
+    the judge app with 1.2 GiB free; unchecked, Ray's memory monitor killed an engine and Ray restarted it, in a
+    loop."""
+    from alma_ray.placement import GiB
+    from alma_ray.stages import engines as module
+
+    free = {"memory": 1 * GiB}
+    given_back: list[str] = []
+    monkeypatch.setattr(module, "_free_memory", lambda need, wait_s=15.0: int(free["memory"]))
+    engines = Engines(EngineConfig(), ResourcesConfig())
+
+    def gives(what: str, memory: float):
+        def release(*args, **kwargs) -> None:
+            given_back.append(what + ("" if not kwargs.get("end") else " (ended)"))
+            free["memory"] += memory * GiB
+        return release
+
+    monkeypatch.setattr(engines, "end_spares", gives("spares", 0.5))
+    monkeypatch.setattr(engines, "stop_judge", lambda panel: gives(f"app {panel}", 1)())
+    monkeypatch.setattr(engines, "release", lambda model, end=False: gives(model, 2)(end=end))
+    engines.spare = ["an idle engine process"]
+    engines.apps = {"judge": "app-0", "eval judge": "app-1"}  # type: ignore[dict-item]
+    engines.pools = {"m1a": [], "m1b": [], "latest": []}
+    engines.memory_for_app("judge", 5 * GiB, "judge app app-0")  # type: ignore[arg-type]
+    # the app being started is never given back; pools are ended, not kept as spares (memory is short)
+    assert given_back == ["spares", "app eval judge", "m1a (ended)", "m1b (ended)"]
+    given_back.clear()
+    engines.memory_for_app("judge", 5 * GiB, "judge app app-0")  # type: ignore[arg-type]
+    assert given_back == []  # 5.5 GiB free now: nothing more
+
+
+def test_free_memory_keeps_the_monitors_reserve_and_stops_waiting_once_nothing_more_comes_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock: processes just ended return 1 GiB a second for 3 s; then the wait ends after ``SETTLE_S``
+    without growth, not after the whole ``wait_s`` (a training that needs more than the node has used to wait 15 s
+    after each engine it gave back)."""
+    from types import SimpleNamespace
+
+    from alma_ray.placement import GiB
+    from alma_ray.stages import engines as module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(module, "time", SimpleNamespace(time=lambda: clock["now"],
+                                                        sleep=lambda s: clock.update(now=clock["now"] + s)))
+    monkeypatch.setenv("RAY_memory_usage_threshold", "0.9")
+    monkeypatch.setattr(module.psutil, "virtual_memory", lambda: SimpleNamespace(
+        total=20 * GiB, available=int((4 + min(clock["now"], 3.0)) * GiB)))
+    assert module._free_memory(1 * GiB) == 2 * GiB and clock["now"] == 0  # 4 GiB less the reserve (2): enough
+    free = module._free_memory(50 * GiB)  # never enough: returns once 3 s pass without growth
+    assert free == 5 * GiB and 3.0 + module.SETTLE_S <= clock["now"] <= 3.0 + module.SETTLE_S + 1.0 < 15
+
+
+def test_engines_still_loading_count_as_taken_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine loads after ``samplers`` returns: in the laptop run's round 3, M1a's and M1b's engines each passed
+    the check before either had loaded, and Ray's memory monitor then killed one in a loop. No Ray here: ``ray.wait``
+    and the node's free memory are stand-ins."""
+    from alma_ray.placement import GiB
+    from alma_ray.stages import engines as module
+
+    monkeypatch.setattr(module, "_free_memory", lambda need, wait_s=15.0: 10 * GiB)
+    monkeypatch.setattr(module.ray, "wait", lambda refs, num_returns, timeout: (["m1a loaded"], ["m1b loading"]))
+    engines = Engines(EngineConfig(), ResourcesConfig())
+    stopped: list[str] = []
+    monkeypatch.setattr(engines, "stop_judge", lambda panel: stopped.append(panel))
+    engines.loading = [("m1a loaded", 3 * GiB), ("m1b loading", 5 * GiB)]
+    assert engines._free(1 * GiB, wait_s=0) == 5 * GiB  # 10 free, 5 of them promised to m1b
+    assert engines.loading == [("m1b loading", 5 * GiB)]
+    engines.apps = {"judge": "app-0"}  # type: ignore[dict-item]
+    engines.memory_for_engines(6 * GiB)  # 10 GiB free but only 5 not promised: the judge app goes
+    assert stopped == ["judge"]

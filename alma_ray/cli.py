@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     prep = m_sub.add_parser("prepare", help="convert embedded models into HF folders in the cache",
                             description=f"Writes HF model folders under $ALMA_RAY_CACHE/models "
                                         f"(now {cache_dir() / 'models'}). Models: {', '.join(EMBEDDED)}.")
-    prep.add_argument("names", nargs="*", help="which models (default: all)")
+    prep.add_argument("names", nargs="*", help="which models, with or without embedded: (default: all)")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
     m_sub.add_parser("list", help="list embedded models and whether they are prepared")
     return p

@@ -38,7 +38,9 @@ def cache_dir() -> Path:
 
 
 def prepare_embedded(name: str, *, force: bool = False) -> Path:
-    """Build ``embedded:<name>`` into the cache (no-op when already complete) and return its folder."""
+    """Build ``embedded:<name>`` into the cache (no-op when already complete) and return its folder; ``name`` may
+    carry the ``embedded:`` prefix (as ``alma-ray models list`` prints it) or not."""
+    name = name.removeprefix(PREFIX)
     if name not in EMBEDDED:
         raise ModelError(f"unknown embedded model '{PREFIX}{name}'; known: {', '.join(EMBEDDED)}")
     final = cache_dir() / "models" / name

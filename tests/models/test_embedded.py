@@ -43,6 +43,9 @@ def test_prepare_both_and_generate_with_vllm(monkeypatch: pytest.MonkeyPatch) ->
 def test_unknown_models_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="unknown embedded model"):
         resolve_model("embedded:nope")
+    with pytest.raises(ModelError, match="unknown embedded model 'embedded:nope'; known: tiny-llama"):
+        prepare_embedded("embedded:nope")  # as `alma-ray models list` prints names: the prefix is taken off
+    assert prepare_embedded("embedded:tiny-llama") == prepare_embedded("tiny-llama")
     with pytest.raises(ModelError, match="not found"):
         resolve_model(str(tmp_path / "missing-model"))
     (tmp_path / "empty").mkdir()

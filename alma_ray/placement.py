@@ -79,7 +79,8 @@ def engine_bytes(model: str, engine: EngineConfig) -> int:
     config, size, per_weight = found
     text = config.get("text_config") or config
     in_engine = DTYPE_BYTES.get(engine.dtype, per_weight)
-    vocabulary = int(text.get("vocab_size") or 0) * int(text.get("hidden_size") or 0) * in_engine
+    vocabulary = (int(text.get("vocab_size") or config.get("vocab_size") or 0)
+                  * int(text.get("hidden_size") or config.get("hidden_size") or 0) * in_engine)
     return (size * in_engine // per_weight + int(max(1.0, engine.kv_cache_gb) * GiB) + GiB
             + int(3.5 * vocabulary))
 

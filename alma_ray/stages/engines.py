@@ -55,7 +55,7 @@ def _free_memory(need: int, wait_s: float = 15.0) -> int:
     and training will run); the wait ends early once it stops growing (``SETTLE_S``)."""
     threshold = float(os.environ.get("RAY_memory_usage_threshold", 0.95))
     deadline = time.time() + wait_s
-    most, grew_at = -1, time.time()
+    most, grew_at = -float("inf"), time.time()
     while True:
         memory = psutil.virtual_memory()
         free, now = int(memory.available - (1 - threshold) * memory.total), time.time()
@@ -226,11 +226,14 @@ class Engines:
         devices)."""
         self.apps: dict[Panel, str] = {}
         self.rewards: dict[RewardServer, str] = {}
-        self.loading: list[tuple[Any, int]] = []
-        """(a reference that resolves once the engine holds its model, the bytes it will hold) of sampling engines
-        started or taken over on CPU: an engine loads after ``samplers`` returns, so until then its memory is not
-        yet taken and every check counts it as taken (two engines started back to back once both passed a check
-        that only one fitted)."""
+        self.loading: list[tuple[Any, int, Any]] = []
+        """(a reference that resolves once the engine holds its model, the bytes it will hold, the actor) of
+        sampling engines started or taken over on CPU: an engine loads after ``samplers`` returns, so every check
+        counts it as loaded until it has (two engines started back to back once both passed a check that only one
+        fitted)."""
+        self.names: dict[Panel | RewardServer, str] = {}
+        """Each app's name, kept when it is given back and started again (a name counted from the apps up would
+        be a live app's name after another was given back, and ``serve.run`` would replace that app)."""
 
     def __enter__(self) -> Engines:
         self.clean_up_dead_apps()
@@ -254,18 +257,19 @@ class Engines:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def samplers(self, model: str, size: int) -> list[Any]:
-        """``size`` sampling engines of ``model`` (an HF folder), built on the first ask."""
+    def samplers(self, model: str, size: int, *, keep: Collection[Panel | RewardServer] = ()) -> list[Any]:
+        """``size`` sampling engines of ``model`` (an HF folder), built on the first ask; on CPU, room is never
+        made by giving back the apps in ``keep`` (those the same stage calls)."""
         pool = self.pools.setdefault(model, [])
         if len(pool) < size:
             cpu, held = not self.resources.use_gpu, engine_bytes(model, self.engine)
-            if cpu:  # a spare taken over holds its process already
-                self.memory_for_engines((size - len(pool)) * held - min(size - len(pool), len(self.spare)) * GiB)
             taken = min(size - len(pool), len(self.spare))
+            if cpu:  # a spare taken over holds its process already
+                self.memory_for_engines((size - len(pool)) * held - taken * GiB, keep=keep, spares=taken)
             for actor in self.spare[:taken]:
                 ready = actor.load.remote(model)
-                if cpu:
-                    self.loading.append((ready, held - GiB))
+                if cpu and held:
+                    self.loading.append((ready, max(0, held - GiB), actor))
             pool += self.spare[:taken]
             del self.spare[:taken]
             actor = ray.remote(SamplingEngine).options(  # type: ignore[attr-defined]
@@ -274,24 +278,25 @@ class Engines:
                                     cpus=self.resources.cpus_per_engine))
             new: list[Any] = [actor.remote(model, engine=self.engine, use_gpu=self.resources.use_gpu)
                               for _ in range(size - len(pool))]
-            if cpu:
-                self.loading += [(a.holds.remote(), held) for a in new]
+            if cpu and held:
+                self.loading += [(a.holds.remote(), held, a) for a in new]
             pool += new
             self.log(f"engines: {size} sampling engine(s) of {model} up"
                      + (f" ({taken} taken over from a model given back)" if taken else ""))
         return pool[:size]
 
-    def judge_app(self, panel: Panel) -> str:
+    def judge_app(self, panel: Panel, *, keep: Collection[str] = ()) -> str:
         """The name of the Serve application that scores with ``panel``, started on the first ask. The first
-        panel of the run is the main judge (HTTP on its host and port); others get their own app, handle only."""
+        panel of the run is the main judge (HTTP on its host and port); others get their own app, handle only. On
+        CPU, room is never made by giving back the sampling engines of the models in ``keep``."""
         if panel not in self.apps:
-            main = not self.apps
-            name = self.app if main else f"{self.app}-{len(self.apps)}"
+            name = self._name(panel)
+            main = name == self.app
             route = ROUTE if self.app == APP else f"{ROUTE}/{self.app}"
             if not self.resources.use_gpu:
                 self.make_room(len(panel.judges) * self.resources.judge_engines * self.resources.cpus_per_engine)
                 self.memory_for_app(panel, sum(self.resources.judge_engines * engine_bytes(j.model, self.engine)
-                                               for j in panel.judges), f"judge app {name}")
+                                               for j in panel.judges), f"judge app {name}", keep=keep)
             serve.start(http_options={"host": panel.http_host, "port": panel.http_port})
             serve.run(build_app(panel, self.engine, self.resources), name=name, route_prefix=route if main else None)
             self.apps[panel] = name
@@ -299,20 +304,29 @@ class Engines:
             self.log(f"engines: judge app {name} up ({len(panel.judges)} judge(s){where})")
         return self.apps[panel]
 
-    def reward_app(self, server: RewardServer) -> str:
+    def reward_app(self, server: RewardServer, *, keep: Collection[str] = ()) -> str:
         """The name of the Serve application scoring with the reward model ``server`` (handle only), started on
-        the first ask and kept until given back (``keep_only``, ``before_training``)."""
+        the first ask and kept until given back (``keep_only``, ``before_training``); ``keep`` as ``judge_app``."""
         if server not in self.rewards:
-            name = f"{self.app}-rm-{len(self.rewards)}"
+            name = self._name(server)
             if not self.resources.use_gpu:
                 self.make_room(self.resources.judge_engines * self.resources.cpus_per_engine)
                 self.memory_for_app(server, self.resources.judge_engines * engine_bytes(server.model, self.engine),
-                                    f"reward app {name}")
+                                    f"reward app {name}", keep=keep)
             serve.start(http_options={"host": "127.0.0.1"})
             serve.run(server.app(self.engine, self.resources), name=name, route_prefix=None)
             self.rewards[server] = name
             self.log(f"engines: reward app {name} up ({server.label or server.model})")
         return self.rewards[server]
+
+    def _name(self, panel: Panel | RewardServer) -> str:
+        """``panel``'s app name (``names``): the run's first judge panel is the main judge, ``<app>``; later ones
+        ``<app>-1``, ``<app>-2``, ...; reward models ``<app>-rm-0``, ..."""
+        if panel not in self.names:
+            reward = isinstance(panel, RewardServer)
+            k = sum(isinstance(p, RewardServer) == reward for p in self.names)
+            self.names[panel] = f"{self.app}-rm-{k}" if reward else f"{self.app}-{k}" if k else self.app
+        return self.names[panel]
 
     def stop_judge(self, panel: Panel | RewardServer) -> None:
         if isinstance(panel, RewardServer):
@@ -325,17 +339,26 @@ class Engines:
     def release(self, model: str, *, end: bool = False) -> None:
         """Give back the sampling engines of ``model``: ended on GPU (or when ``end``: memory is short); on CPU
         shut down and kept as spares."""
-        for actor in self.pools.pop(model, []):
+        actors = self.pools.pop(model, [])
+        for actor in actors:
             if self.resources.use_gpu or end:
                 ray.kill(actor)
-            else:  # not retried: a spare may be ended (ray.kill) before it is done
-                actor.unload.options(max_task_retries=0).remote()
+            else:
+                actor.unload.remote()
                 self.spare.append(actor)
+        if self.resources.use_gpu or end:
+            self._forget(actors)
 
-    def end_spares(self) -> None:
-        for actor in self.spare:
+    def end_spares(self, keep: int = 0) -> None:
+        """End the spare engine processes but the first ``keep`` (about to be taken over)."""
+        ended, self.spare = self.spare[keep:], self.spare[:keep]
+        for actor in ended:
             ray.kill(actor)
-        self.spare.clear()
+        self._forget(ended)
+
+    def _forget(self, actors: Collection[Any]) -> None:
+        """Drop ended engines from ``loading``: their memory comes back before their reference resolves."""
+        self.loading = [entry for entry in self.loading if entry[2] not in actors]
 
     def make_room(self, cpus: float) -> None:
         """End the spare engine processes when the cluster lacks ``cpus`` free CPUs for what starts next (a judge
@@ -345,16 +368,18 @@ class Engines:
             self.end_spares()
             _free_cpus(cpus)
 
-    def memory_for_engines(self, need: int) -> None:
+    def memory_for_engines(self, need: int, *, keep: Collection[Panel | RewardServer] = (), spares: int = 0
+                           ) -> None:
         """On CPU, before starting sampling engines that need ``need`` bytes (``alma_ray.placement.engine_bytes``,
         spares taken over included): when this node has less free, give back the judge and reward apps (a stage
         that starts engines does not score; an app restarts when next asked for), then end the spares. Else Ray's
         memory monitor kills the new engine, and Ray restarts it, in a loop that never ends."""
         apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
         self._room(need, "sampling engines", [(f"judge app {name}", partial(self.stop_judge, panel))
-                                              for panel, name in apps] + self._spares())
+                                              for panel, name in apps if panel not in keep] + self._spares(spares))
 
-    def memory_for_app(self, panel: Panel | RewardServer, need: int, what: str) -> None:
+    def memory_for_app(self, panel: Panel | RewardServer, need: int, what: str, *, keep: Collection[str] = ()
+                       ) -> None:
         """On CPU, before a judge or reward app that needs ``need`` bytes starts: when this node has less free,
         end the spares, then give back the other apps, then the sampling pools (a scoring stage samples nothing;
         a pool restarts when next asked for). Else Ray's memory monitor kills a replica or an engine, and Ray
@@ -362,10 +387,14 @@ class Engines:
         apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
         self._room(need, what, self._spares()
                    + [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps if p != panel]
-                   + [(f"the sampling engines of {m}", partial(self.release, m, end=True)) for m in self.pools])
+                   + [(f"the sampling engines of {m}", partial(self.release, m, end=True))
+                      for m in self.pools if m not in keep])
 
-    def _spares(self) -> list[tuple[str, Callable[[], None]]]:
-        return [(f"{len(self.spare)} spare engine process(es)", self.end_spares)] if self.spare else []
+    def _spares(self, keep: int = 0) -> list[tuple[str, Callable[[], None]]]:
+        """Ending the spare engine processes but the first ``keep``, as a ``_room`` give-back, if there are any."""
+        if len(self.spare) <= keep:
+            return []
+        return [(f"{len(self.spare) - keep} spare engine process(es)", partial(self.end_spares, keep))]
 
     def _room(self, need: int, what: str, give_back: list[tuple[str, Callable[[], None]]]) -> None:
         """Call ``give_back``'s releases in order until this node has ``need`` bytes free for ``what``; say so
@@ -434,12 +463,13 @@ class Engines:
     def _free(self, need: int, wait_s: float = 15.0) -> int:
         """This node's free memory (``_free_memory``) less what the engines still loading will take."""
         if self.loading:
-            refs = [ref for ref, _ in self.loading]
+            refs = [ref for ref, _, _ in self.loading]
             ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
-            self.loading = [(ref, held) for ref, held in self.loading if ref not in ready]
-        loading = sum(held for _, held in self.loading)
+            self.loading = [entry for entry in self.loading if entry[0] not in ready]
+        loading = sum(held for _, held, _ in self.loading)
         return _free_memory(need + loading, wait_s) - loading
 
     def close(self) -> None:
         self.keep_only(())
         self.end_spares()
+        self.loading.clear()

@@ -171,8 +171,9 @@ class SelfPlay(Stage):
             prompts = prompts.filter(fn=functools.partial(_in, ids=frozenset(first)))
         salt = f"{self.seed}:selfplay"
         player = Player(
-            engines=self.engines.samplers(self.model, self.engines.resources.engines_per_checkpoint),
-            demos=self.demos, shots=self.shots, reward_app=self.engines.reward_app(self.server),
+            engines=self.engines.samplers(self.model, self.engines.resources.engines_per_checkpoint,
+                                          keep=[self.server]),  # on CPU, room for the one is not made from the other
+            demos=self.demos, shots=self.shots, reward_app=self.engines.reward_app(self.server, keep=[self.model]),
             assistant=SampleRequest(self.player, cfg.k, dict(temperature=cfg.temperature, top_p=cfg.top_p,
                                                              max_tokens=cfg.max_tokens, stop=TURN_STOP),
                                     False, "{prompt}", salt, model=self.model),

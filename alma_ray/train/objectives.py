@@ -108,12 +108,12 @@ class SFT(Objective):
                                  keep_response=self.keep_response)
 
     def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
-        from alma_ray.train.losses import sft_loss
+        from alma_ray.train.losses import response_logits, sft_loss
 
         inputs = pad_batch(list(batch["input_ids"]), list(batch["labels"]), pad_id, engine.device)
-        logits = engine(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        logits, keep = response_logits(engine, inputs)
         mask = inputs["attention_mask"]
-        return sft_loss(logits, inputs["labels"]), {}, int(mask.sum()), mask.numel()
+        return sft_loss(logits, inputs["labels"], keep), {}, int(mask.sum()), mask.numel()
 
 
 @dataclass(frozen=True)
@@ -186,19 +186,20 @@ class DPO(_Pairs):
     def loss(self, engine: Any, reference: Any, batch: dict[str, Any], pad_id: int) -> Step:
         import torch
 
-        from alma_ray.train.losses import dpo_loss, sequence_logprobs
+        from alma_ray.train.losses import dpo_loss, response_logits, sequence_logprobs
 
         n, inputs = self.both(batch, pad_id, engine.device)
         mask = inputs["attention_mask"]
-        logp = sequence_logprobs(engine(input_ids=inputs["input_ids"], attention_mask=mask).logits, inputs["labels"])
+        logits, keep = response_logits(engine, inputs)
+        logp = sequence_logprobs(logits, inputs["labels"], keep)
         if reference is None:  # precomputed by ReferenceLogprobs before training
             ref = torch.as_tensor(np.concatenate([np.asarray(batch["chosen_ref_logp"], dtype=np.float64),
                                                   np.asarray(batch["rejected_ref_logp"], dtype=np.float64)]),
                                   device=logp.device, dtype=logp.dtype)
         else:
             with torch.no_grad():
-                ref = sequence_logprobs(reference(input_ids=inputs["input_ids"], attention_mask=mask).logits,
-                                        inputs["labels"])
+                logits, keep = response_logits(reference, inputs)
+                ref = sequence_logprobs(logits, inputs["labels"], keep)
         loss, metrics = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], beta=self.beta)
         return loss, metrics, int(mask.sum()), mask.numel()
 

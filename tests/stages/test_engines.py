@@ -55,11 +55,12 @@ def test_before_training_on_cpu_gives_back_until_cpus_and_memory_suffice(monkeyp
     monkeypatch.setattr(module, "training_bytes", lambda model, train, workers, sequences=1, **_: 3 * GiB * sequences)
     engines = Engines(EngineConfig(), ResourcesConfig(train_workers=2))  # needs 3 CPUs (2 workers + data)
 
-    def release(model: str) -> None:
+    def release(model: str, end: bool = False) -> None:
+        assert end  # ended, not kept as a spare: a spare keeps its CPU and its process's memory
         given_back.append(model)
         state["memory"] += 2 * GiB
 
-    def end_spares() -> None:
+    def end_spares(keep: int = 0) -> None:
         given_back.append("spares")
         state["memory"] += GiB
         engines.spare.clear()
@@ -76,7 +77,7 @@ def test_before_training_on_cpu_gives_back_until_cpus_and_memory_suffice(monkeyp
     engines.before_training("model", TrainConfig(), pairs=True)  # 6 GiB with 3 free: two pools go, in order
     assert given_back == ["m1a", "m1b"]
     given_back.clear()
-    state.update(cpus=2.0, memory=100 * GiB)  # CPUs short: everything goes (a pool given back keeps its CPU)
+    state.update(cpus=2.0, memory=100 * GiB)  # CPUs short (the stand-in never frees them): everything goes
     engines.pools = {"m1a": []}
     engines.before_training("model", TrainConfig())
     assert given_back == ["m1a", "app judge"]

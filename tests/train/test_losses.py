@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from alma_ray.train.data import _tokenizer, encode_example, pad_batch, tokenize_pairs, tokenize_sft
-from alma_ray.train.losses import IGNORE, bradley_terry_loss, dpo_loss, last_token_values, sequence_logprobs, sft_loss
+from alma_ray.train.losses import (
+    IGNORE,
+    bradley_terry_loss,
+    dpo_loss,
+    last_token_values,
+    response_logits,
+    response_positions,
+    sequence_logprobs,
+    sft_loss,
+)
 
 TEMPLATE = "User: {prompt}\nAssistant:"
 
@@ -34,10 +44,14 @@ def _manual_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def logits_and_batch(tiny_model: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def model(tiny_model: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def logits_and_batch(tiny_model: str, model: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     batch = _batch(tiny_model)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -65,6 +79,35 @@ def test_sft_loss_ignores_prompt_tokens(tiny_model: str, logits_and_batch: tuple
     assert start > 3 and (labels[:start] == IGNORE).all() and (labels[start:] == ids[start:]).all()
     assert tok.decode(labels[start:-1]).strip() == "the sky is blue" and labels[-1] == tok.eos_token_id
     assert "ame a color." in tok.decode(ids[:start])  # the prompt, as the tiny vocabulary spells it
+
+
+def test_the_lm_head_runs_only_where_a_loss_reads_and_the_losses_are_the_same(
+        logits_and_batch: tuple, model: Any) -> None:
+    """``response_logits`` skips the prompt and the padding (their labels are -100 in every row); the SFT loss, its
+    gradient and the sequence log-probs come out as from the full logits."""
+    logits, batch = logits_and_batch
+    labels = batch["labels"]
+    keep = response_positions(labels)
+    read = [t for t in range(labels.shape[1] - 1) if any(labels[b, t + 1] != IGNORE for b in range(len(labels)))]
+    assert keep.tolist() == read and len(read) < labels.shape[1] - 1  # the prompts share a start: it is skipped
+    with torch.no_grad():
+        kept, at = response_logits(model, batch)
+    assert torch.equal(at, keep) and kept.shape[1] == len(keep)
+    np.testing.assert_allclose(sequence_logprobs(kept, labels, keep).numpy(),
+                               sequence_logprobs(logits, labels).numpy(), rtol=1e-5)
+    assert float(sft_loss(kept, labels, keep)) == pytest.approx(float(sft_loss(logits, labels)), rel=1e-5)
+    grads = []
+    for kept_only in (True, False):
+        model.zero_grad(set_to_none=True)
+        if kept_only:
+            out, at = response_logits(model, batch)
+            sft_loss(out, labels, at).backward()
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            sft_loss(out, labels).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    model.zero_grad(set_to_none=True)
 
 
 def test_dpo_loss_equals_the_formula(logits_and_batch: tuple) -> None:

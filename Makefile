@@ -37,7 +37,7 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml cpu-overrides.txt Makefile
 models: install          ## convert the embedded models into HF folders (~2 min, once)
 	$(VENV)/bin/alma-ray models prepare
 
-demo: models             ## ALMA as published on the embedded Gemma-3-270M base (alma-laptop: gate, seed SFT x2, 3 rounds, eval; ~32 min on 2 cores)
+demo: models             ## ALMA as published on the embedded Gemma-3-270M base (alma-laptop: gate, seed SFT x2, 3 rounds, eval; ~30-36 min on 2 cores)
 	$(VENV)/bin/alma-ray run --config $(CONFIG) $(ARGS)
 
 demo-almost: models      ## ALMoST on the embedded Gemma-3-270M base (the almost-laptop preset, ~50 min on 2 cores)

@@ -53,7 +53,8 @@ def _judge_arms(model: Any, model_dir: str, rows: int, pad: int, device: Any) ->
         lp = score_logprobs(logits[at, pos], logits[at, pos + 1], tokens.digits, tokens.ten)
         return judge_rating_loss(lp, torch.as_tensor(np.stack(batch["target"]), device=device))[0]
 
-    return kept, full, {"tokens": [len(i) for i in batch["input_ids"]], "positions_kept": 2 * rows}
+    slots = {int(p) + k for p in batch["rating_pos"] for k in (0, 1)}  # the positions JudgeRating.loss keeps
+    return kept, full, {"tokens": [len(i) for i in batch["input_ids"]], "positions_kept": len(slots)}
 
 
 def _sft_arms(model: Any, model_dir: str, rows: int, pad: int, device: Any, max_seq_len: int

@@ -378,9 +378,7 @@ class Engines:
         spares taken over included): when this node has less free, give back the judge and reward apps (a stage
         that starts engines does not score; an app restarts when next asked for), then end the spares. Else Ray's
         memory monitor kills the new engine, and Ray restarts it, in a loop that never ends."""
-        apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
-        self._room(need, "sampling engines", [(f"judge app {name}", partial(self.stop_judge, panel))
-                                              for panel, name in apps if panel not in keep] + self._spares(spares))
+        self._room(need, "sampling engines", self._apps(skip=keep) + self._spares(spares))
 
     def memory_for_app(self, panel: Panel | RewardServer, need: int, what: str, *, keep: Collection[str] = ()
                        ) -> None:
@@ -388,11 +386,7 @@ class Engines:
         end the spares, then give back the other apps, then the sampling pools (a scoring stage samples nothing;
         a pool restarts when next asked for). Else Ray's memory monitor kills a replica or an engine, and Ray
         restarts it, in a loop that never ends."""
-        apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
-        self._room(need, what, self._spares()
-                   + [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps if p != panel]
-                   + [(f"the sampling engines of {m}", partial(self.release, m, end=True))
-                      for m in self.pools if m not in keep])
+        self._room(need, what, self._spares() + self._apps(skip=[panel]) + self._pools(skip=keep))
 
     def _spares(self, keep: int = 0) -> list[tuple[str, Callable[[], None]]]:
         """Ending the spare engine processes but the first ``keep``, as a ``_room`` give-back, if there are any."""
@@ -400,22 +394,34 @@ class Engines:
             return []
         return [(f"{len(self.spare) - keep} spare engine process(es)", partial(self.end_spares, keep))]
 
+    def _apps(self, skip: Collection[Panel | RewardServer] = ()) -> list[tuple[str, Callable[[], None]]]:
+        """Giving back each judge and reward app but those in ``skip``, as ``_room`` give-backs."""
+        held: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
+        return [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in held if p not in skip]
+
+    def _pools(self, skip: Collection[str] = ()) -> list[tuple[str, Callable[[], None]]]:
+        """Ending the sampling engines of each model but those in ``skip`` (not kept as spares: a spare holds its CPU
+        and its process's memory), as ``_room`` give-backs."""
+        return [(f"the sampling engines of {m}", partial(self.release, m, end=True)) for m in self.pools
+                if m not in skip]
+
     def _room(self, need: int, what: str, give_back: list[tuple[str, Callable[[], None]]], *, cpus: float = 0.0,
               advice: str = ENGINE_ADVICE) -> None:
         """Call ``give_back``'s releases in order until this node has ``need`` bytes free for ``what`` (and the
         cluster ``cpus`` free CPUs); say so, with ``advice``, when even all of it leaves the memory short."""
-        def short(wait_s: float) -> tuple[int, float]:
+        def free_now(wait_s: float) -> tuple[int, float]:
             return self._free(need, wait_s), _free_cpus(cpus, wait_s) if cpus else 0.0
 
-        free, free_cpus = short(0)
+        free, free_cpus = free_now(0)
         for name, release in give_back:
             if free >= need and free_cpus >= cpus:
                 return
             release()
-            had = f"{free_cpus:g} CPUs and " if cpus else ""
-            self.log(f"engines: gave back {name} to make room for {what} ({need / GiB:.1f} GiB"
-                     f"{f' and {cpus:g} CPUs' if cpus else ''}; {had}{free / GiB:.1f} GiB were free)")
-            free, free_cpus = short(15.0)
+            wanted, had = f"{need / GiB:.1f} GiB", f"{free / GiB:.1f} GiB"
+            if cpus:
+                wanted, had = f"{wanted} and {cpus:g} CPUs", f"{had} and {free_cpus:g} CPUs"
+            self.log(f"engines: gave back {name} to make room for {what} ({wanted}; {had} were free)")
+            free, free_cpus = free_now(15.0)
         if free < need:
             self.log(f"engines: {what} need(s) about {need / GiB:.1f} GiB and this node has {free / GiB:.1f} GiB "
                      f"free; if Ray's memory monitor kills them, {advice}")
@@ -442,12 +448,9 @@ class Engines:
             self.keep_only(())
             return
         res = self.resources
-        apps: list[tuple[Panel | RewardServer, str]] = [*self.apps.items(), *self.rewards.items()]
         self._room(training_bytes(model, train, res.train_workers, sequences=2 if pairs else 1,
                                   logit_positions=logit_positions), "training",
-                   self._spares()  # first: they hold CPUs and memory and serve nothing now
-                   + [(f"the sampling engines of {m}", partial(self.release, m, end=True)) for m in self.pools]
-                   + [(f"judge app {name}", partial(self.stop_judge, p)) for p, name in apps],
+                   self._spares() + self._pools() + self._apps(),  # spares first: they serve nothing now
                    cpus=res.train_workers * res.cpus_per_train_worker + DATA_CPUS, advice=TRAINING_ADVICE)
 
     def _free(self, need: int, wait_s: float = 15.0) -> int:

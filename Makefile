@@ -49,8 +49,8 @@ run: install             ## any preset: make run CONFIG=jobs/configs/tiny.yaml A
 test: install            ## the whole suite, as CI runs it
 	$(PY) -m pytest -q
 
-test-fast: install       ## unit tests only (no Ray cluster, no embedded models)
-	$(PY) -m pytest -q -m "not slow and not e2e"
+test-fast: install       ## unit tests only: no Ray, no vLLM engine, no training, no embedded models (< 3 min)
+	$(PY) -m pytest -q -m "not ray and not engine and not slow and not e2e"
 
 bench-generate: install  ## bare vLLM vs the Ray Data pipeline (1 and 2 pools) on the tiny model; JSON last line
 	$(PY) -m alma_ray.bench.generate $(ARGS)

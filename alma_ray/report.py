@@ -8,12 +8,11 @@ rebuilt at any time (``alma-ray report <run_dir>``) and never hold up a stage.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from alma_ray.store import MANIFEST, Manifest, atomic_path, atomic_write_text
+from alma_ray.store import MANIFEST, Manifest, atomic_path, atomic_write_text, read_manifest
 
 Section = Callable[[Path, dict[str, Manifest]], list[str]]
 """A report section: (round directory, its manifests by stage) -> markdown lines (none when it has nothing)."""
@@ -22,8 +21,9 @@ Section = Callable[[Path, dict[str, Manifest]], list[str]]
 def manifests(round_dir: Path) -> dict[str, Manifest]:
     found = {}
     for file in sorted(round_dir.glob(f"*/{MANIFEST}")):
-        m = Manifest(**json.loads(file.read_text()))
-        found[m.stage] = m
+        m = read_manifest(file.parent)  # an unreadable one raises StageDamagedError, naming it
+        if m is not None:
+            found[m.stage] = m
     return dict(sorted(found.items(), key=lambda item: item[1].started_at))  # in the order they ran
 
 

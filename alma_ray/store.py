@@ -22,6 +22,7 @@ multi-node cluster the run directory must be on storage every node sees (NFS, or
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -57,6 +58,10 @@ class RunLockedError(StoreError):
     """The run directory is held by another live process."""
 
 
+class UndeclaredInputError(StoreError):
+    """A stage read a committed stage it did not declare as an input (its hash would not make it stale)."""
+
+
 @dataclass
 class Manifest:
     stage: str
@@ -71,6 +76,9 @@ class Manifest:
     files: dict[str, list[int | str]] = field(default_factory=dict)
     """Every file of the stage (relative path -> [size, mtime_ns, blake2b]); empty in manifests written before
     verified commits."""
+    file_rows: int | None = None
+    """The rows its parquet files held at the commit, when those are the stage's rows (None: a model, or a stage
+    whose rows are not its files); a rerun checks ``rows`` against the files again."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=float)
@@ -96,6 +104,36 @@ class StageResult:
         return self.path / DATA if (self.path / DATA).is_dir() else self.path
 
 
+_READS: contextvars.ContextVar[tuple[Path, str, tuple[Path, ...]] | None] = contextvars.ContextVar(
+    "declared_reads", default=None)
+
+
+@contextlib.contextmanager
+def declared_reads(run_dir: Path, stage: str, dirs: list[Path]) -> Iterator[None]:
+    """While a stage runs: the committed stages of ``run_dir`` it may read (``input_path`` refuses the rest)."""
+    token = _READS.set((run_dir.resolve(), stage, tuple(d.resolve() for d in dirs)))
+    try:
+        yield
+    finally:
+        _READS.reset(token)
+
+
+def input_path(path: str | Path) -> str:
+    """``path`` to read, refused (``UndeclaredInputError``) when a stage is running and it lies in another
+    committed stage of the run than those the stage declared: every read of the run goes through here."""
+    held = _READS.get()
+    resolved = Path(path).resolve()
+    if held is not None:
+        run_dir, stage, dirs = held
+        parts = resolved.relative_to(run_dir).parts if resolved.is_relative_to(run_dir) else ()
+        committed = len(parts) >= 2 and parts[0].startswith("round_") and not parts[1].startswith(".")
+        if committed and not any(resolved.is_relative_to(d) for d in dirs):  # its own temporary output is fine
+            raise UndeclaredInputError(f"stage {stage} read {resolved}, which is not among its declared inputs "
+                                       f"({', '.join(str(d.relative_to(run_dir)) for d in dirs) or 'none'}): "
+                                       "declare it (Stage.reads) so that a change to it makes the stage stale")
+    return str(path)
+
+
 def file_digest(path: Path) -> str:
     """BLAKE2b (16 bytes) of a file's bytes, read in 8 MiB chunks."""
     h = hashlib.blake2b(digest_size=16)
@@ -108,6 +146,53 @@ def file_digest(path: Path) -> str:
 def text_digest(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable values (a stage's sources: seed prompts, annotation rows)."""
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def folder_identity(folder: str | Path) -> dict[str, Any]:
+    """What a model folder is, cheaply: files up to ``SMALL_FILE`` by content, larger ones (weights) by size and
+    modification time (hashing many GB of weights on every run would cost more than it saves; a model rewritten
+    in place gets a new identity)."""
+    out: dict[str, Any] = {}
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        name = str(path.relative_to(root))
+        out[name] = file_digest(path) if st.st_size <= SMALL_FILE else [st.st_size, st.st_mtime_ns]
+    return out
+
+
+SMALL_FILE = 1 << 20
+"""Files up to this size are identified by their bytes, larger ones by name, size and modification time."""
+
+
+def model_identity(model: str, run_dir: Path) -> tuple[str, str]:
+    """(key, digest) of a model a stage loads: a model this run committed (``round_002/sft``) by its manifest's
+    content hash; a folder elsewhere by its name and ``folder_identity``; a hub id by itself."""
+    path = Path(model)
+    if path.is_dir():
+        path = path.resolve()
+        manifest = read_manifest(path) if path.is_relative_to(run_dir) else None
+        if manifest is not None:
+            return f"model:{path.relative_to(run_dir)}", manifest.content_hash
+        return f"model:{path.name}", text_digest(folder_identity(path))
+    return f"model:{model}", text_digest(model)
+
+
+def parquet_rows(stage_dir: Path) -> int | None:
+    """Rows in a stage's committed parquet files (``data/`` when it keeps its rows there), from the footers; None
+    when it has none."""
+    root = stage_dir / DATA if (stage_dir / DATA).is_dir() else stage_dir
+    files = [p for p in root.rglob("*.parquet")
+             if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)]
+    if not files:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return sum(pq.read_metadata(f).num_rows for f in files)
+    except (OSError, pa.ArrowInvalid):  # not parquet rows (or unreadable: the file digests say so)
+        return None
 
 
 def _files_of(stage_dir: Path) -> dict[str, list[int | str]]:
@@ -138,6 +223,8 @@ def verify(stage_dir: Path, manifest: Manifest) -> str | None:
             return f"{path} has {st.st_size} bytes, {size} were committed (truncated or rewritten)"
         if st.st_mtime_ns != mtime_ns and file_digest(path) != digest:
             return f"{path} was changed after it was committed (its checksum differs)"
+    if manifest.file_rows is not None and (held := parquet_rows(stage_dir)) != manifest.rows:
+        return f"{stage_dir / MANIFEST} says {manifest.rows} rows, its files hold {held}"
     return None
 
 
@@ -268,13 +355,15 @@ class RunStore:
 
     def run_stage(self, round_index: int, stage: str, write: Callable[[Path], StageOutput],
                   inputs: dict[str, Manifest] | None = None, *, sources: dict[str, str] | None = None,
-                  resumable: bool = False) -> StageResult:
+                  models: dict[str, str] | None = None, resumable: bool = False) -> StageResult:
         """Run ``write(dir)`` unless the stage is already committed (and intact, from the same inputs); commit
-        atomically with its manifest. ``inputs`` are the committed stages it reads, ``sources`` the digests of
-        what else it reads (seed files, annotations). A ``resumable`` stage's directory survives a kill and is
-        handed to the rerun's ``write`` with the parts it had committed."""
+        atomically with its manifest. ``inputs`` are the committed stages it reads (keyed ``round_NNN/stage``),
+        ``models`` the identities of the models it loads (``model_identity``), ``sources`` the digests of what
+        else it reads (seed files, annotations). A ``resumable`` stage's directory survives a kill and is handed
+        to the rerun's ``write`` with the parts it had committed."""
         final = self.path(round_index, stage)
         input_hashes = {name: m.content_hash for name, m in (inputs or {}).items()}
+        input_hashes.update(models or {})
         input_hashes.update({f"source:{name}": digest for name, digest in (sources or {}).items()})
         try:
             done = read_manifest(final)
@@ -313,6 +402,8 @@ class RunStore:
                             input_hashes=input_hashes, wall_s=round(time.time() - started, 3),
                             started_at=started, stats=output.stats, files=_files_of(tmp))
         manifest.content_hash = _content_hash(manifest)
+        if (held := parquet_rows(tmp)) == output.rows:
+            manifest.file_rows = held
         self._bind()
         atomic_write_text(tmp / MANIFEST, manifest.to_json())
         tmp.rename(final)
@@ -334,7 +425,10 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
     if not file.exists():
         return None
     try:
-        return Manifest(**json.loads(file.read_text()))
+        fields = json.loads(file.read_text())
+        if not isinstance(fields, dict) or not fields:
+            raise ValueError("it holds no manifest fields")
+        return Manifest(**fields)
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise StageDamagedError(f"{file} is not a readable manifest ({e}); delete {stage_dir} to recompute "
                                 "that stage") from None

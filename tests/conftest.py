@@ -4,6 +4,7 @@ needs Ray, the CLI runs of the e2e tests and their ``ray job submit`` share it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -48,6 +49,25 @@ def tiny_model(model_cache: Path) -> str:
     return resolve_model("embedded:tiny-llama")
 
 
+RAY_FIXTURES = {"ray_head", "ray_local", "ray_address", "serve_port"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the session's cluster carries ``ray`` (so ``make test-fast`` leaves it out); ``gpu``
+    tests are skipped without a CUDA device."""
+    cuda = None
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("gpu") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 def _free_port() -> int:
     import socket
 
@@ -72,17 +92,43 @@ def ray_head(model_cache: Path) -> Any:
     """Start the head (the driver of every test joins it; `ray job submit` submits to it), stop it at the end.
     A Ray start costs 10-20 s on 2 cores, and two instances at once get workers OOM-killed: one per session.
     Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.stages.engines), and the tiny
-    preset's plan needs 5; engines and workers take turns on the 2 cores."""
+    preset's plan needs 5; engines and workers take turns on the 2 cores. The cluster has a temporary directory
+    of its own, and only its processes are stopped at the end: a Ray the user started is left alone."""
     port, dashboard_port = _free_port(), _free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=6",
-                    "--include-dashboard=true", "--disable-usage-stats"],
-                   check=True, capture_output=True, text=True, timeout=300)
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's sockets live under it
+    started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=6",
+                              "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     head = LocalHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}",
                      {k: os.environ[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "PATH")})
-    yield head
-    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=300)
+    try:
+        yield head
+    finally:
+        stop_cluster(temp_dir)
+
+
+def stop_cluster(temp_dir: Path, grace_s: float = 20) -> None:
+    """End the processes of the Ray cluster whose temporary directory is ``temp_dir`` (every Ray process names
+    its session directory on its command line), SIGTERM then SIGKILL; other Rays on the host are untouched."""
+    import psutil
+
+    def ours(p: psutil.Process) -> bool:
+        try:
+            return any(str(temp_dir) in arg for arg in p.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+
+    procs = [p for p in psutil.process_iter() if p.pid != os.getpid() and ours(p)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +145,18 @@ def ray_local(ray_head: LocalHead) -> Any:
 
 
 @pytest.fixture(scope="session")
-def ray_address(ray_local: Any, ray_head: LocalHead) -> str:
+def serve_port(ray_local: Any) -> int:
+    """Serve's HTTP proxy on the session's cluster, on a free port of 127.0.0.1 chosen here: every app of the
+    session (and of the CLI runs that join the cluster) listens there, never on a fixed port of the host."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local: Any, ray_head: LocalHead, serve_port: int) -> str:
     """The session's Ray address, for a CLI run to join (``--address``) instead of starting a second instance."""
     return ray_head.gcs
 

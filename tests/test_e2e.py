@@ -86,6 +86,43 @@ def test_rerun_skips_every_stage(alma_tiny_run: PublishedRun, ray_address: str) 
     assert "skipped (done)" in stdout
 
 
+def _manifests(run_dir: Path) -> dict[str, dict[str, Any]]:
+    return {f"{m.parent.parent.name}/{m.parent.name}": json.loads(m.read_text())
+            for m in run_dir.glob("round_*/*/_MANIFEST.json")}
+
+
+def test_a_rebuilt_model_makes_what_was_built_on_it_stale_across_rounds(
+        alma_tiny_run: PublishedRun, ray_address: str, tmp_path: Path) -> None:
+    """Round 2's model damaged, the same command with --repair: round 2's training is rebuilt, and every stage
+    whose declared inputs (stages of any round, models by content) changed with it, nothing else."""
+    run_dir = tmp_path / alma_tiny_run.run_dir.name
+    shutil.copytree(alma_tiny_run.run_dir, run_dir, ignore=shutil.ignore_patterns("ray_train", ".lock"))
+    before = _manifests(run_dir)
+    # round 3 trained on D_1..D_3 (its seed SFT rows and both rounds' best-of-N), each an input by its round
+    assert {"round_001/seed_sft", "round_002/selected", "round_003/selected"} <= set(
+        before["round_003/sft"]["input_hashes"])
+    assert "model:round_002/sft" in before["round_003/responses"]["input_hashes"]  # the mix samples M_2
+    weights = run_dir / "round_002" / "sft" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    summary, stdout = _run(tmp_path, ray_address, "--repair")
+    after = _manifests(run_dir)
+    assert set(after) == set(before)
+    rebuilt = set(before) - set(summary["skipped"])
+    changed = {s for s in before if before[s]["input_hashes"] != after[s]["input_hashes"]}
+    assert rebuilt == {"round_002/sft"} | changed, (rebuilt, changed)
+    assert after["round_002/sft"]["content_hash"] != before["round_002/sft"]["content_hash"]
+    assert {"round_002/probe", "round_003/responses", "round_003/scores", "round_003/selected",
+            "round_003/sft"} <= rebuilt  # built on M_2, directly or through what M_2 sampled
+    earlier = {s for s in before if s < "round_002"} | {f"round_002/{s}" for s in
+                                                        ("prompts", "responses", "scores", "selected")}
+    assert not rebuilt & earlier  # rounds 0-1 and the data round 2 trained on
+    # unchanged again: nothing is rebuilt
+    again, _ = _run(tmp_path, ray_address)
+    assert set(again["skipped"]) == set(before) and again["wall_s"] == {}
+
+
 def test_the_prompt_pool_is_filtered_deduplicated_embedded_and_clustered(alma_tiny_run: PublishedRun) -> None:
     run_dir = alma_tiny_run.run_dir
     r0 = run_dir / "round_000"

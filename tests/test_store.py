@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_config_must_match_and_is_claimed_only_by_a_commit(tmp_path: Path) -> No
     assert old.run_stage(1, "prompts", _write_rows(1)).skipped
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "edit_same_size", "manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "edit_same_size", "manifest", "empty_manifest", "rows"])
 def test_each_kind_of_damage_is_detected_and_repaired_when_told(tmp_path: Path, damage: str) -> None:
     store = _store(tmp_path)
     done = store.run_stage(1, "prompts", _write_rows(50))
@@ -103,9 +104,16 @@ def test_each_kind_of_damage_is_detected_and_repaired_when_told(tmp_path: Path, 
         data[len(data) // 2] ^= 0xFF
         part.write_bytes(bytes(data))
         os.utime(part, ns=(time.time_ns(), time.time_ns() + 10**9))
-    else:
+    elif damage == "manifest":
         (done.path / "_MANIFEST.json").write_text("{not json")
-    with pytest.raises(StageDamagedError, match="_MANIFEST.json" if damage == "manifest" else "part-0.parquet"):
+    elif damage == "empty_manifest":
+        (done.path / "_MANIFEST.json").write_text("{}")
+    else:  # the manifest's row count, edited: the files hold 50
+        manifest = json.loads((done.path / "_MANIFEST.json").read_text())
+        (done.path / "_MANIFEST.json").write_text(json.dumps({**manifest, "rows": 49}))
+    expected = {"manifest": "_MANIFEST.json", "empty_manifest": "_MANIFEST.json is not a readable manifest",
+                "rows": "says 49 rows, its files hold 50"}.get(damage, "part-0.parquet")
+    with pytest.raises(StageDamagedError, match=expected):
         store.run_stage(1, "prompts", _write_rows(50))
     store.close()
     repaired = _store(tmp_path, repair=True).run_stage(1, "prompts", _write_rows(50))

@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), engines, keep=False), read=pairs)
         engines.before_training(sft, config.judge_training, logit_positions=JudgeRating.logit_positions)
         trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
-                                                run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"),
-                                     after=[scores])
+                                                run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"))
                    for target in TARGETS}
         held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]
         members = {"sft": sft, **{t: str(result.path) for t, result in trained.items()}}

@@ -31,26 +31,13 @@ from typing import Any
 from alma_ray.config import AlmaConfig
 from alma_ray.judge.annotations import DEMO, demo_annotations
 from alma_ray.models.registry import cache_dir
-from alma_ray.store import file_digest, text_digest
+from alma_ray.store import file_digest, folder_identity, text_digest
 
 META = "judge.json"
-SMALL_FILE = 1 << 20
-"""Files up to this size are keyed by their bytes, larger ones (weights) by name, size and modification time."""
 
 
 def judges_dir() -> Path:
     return cache_dir() / "judges"
-
-
-def folder_identity(folder: str | Path) -> dict[str, Any]:
-    """What a model folder is, cheaply: small files by content, large ones by size and modification time."""
-    out: dict[str, Any] = {}
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = path.stat()
-        name = str(path.relative_to(root))
-        out[name] = file_digest(path) if st.st_size <= SMALL_FILE else [st.st_size, st.st_mtime_ns]
-    return out
 
 
 def key_inputs(config: AlmaConfig, *, judge_start: str, base: str, seed_prompts: list[str]) -> dict[str, Any]:

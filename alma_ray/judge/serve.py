@@ -121,7 +121,10 @@ class JudgeEnsemble:
             if not given.startswith("Bearer ") or not hmac.compare_digest(digest, self.http.token_sha256):
                 return refuse(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         limit = self.http.max_body_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
+        if int(request.headers.get("content-length") or 0) > limit:  # refused by its declared length
+            if request.headers.get("expect", "").lower() != "100-continue":
+                async for _ in request.stream():  # dropped unread: a client still sending gets the 413, not a reset
+                    pass
             return refuse(413, f"the body is over {limit} bytes (judge.http_max_body_bytes)")
         body = bytearray()
         async for chunk in request.stream():

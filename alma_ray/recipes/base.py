@@ -12,7 +12,7 @@ logs one line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ import ray.data
 from alma_ray.config import AnyConfig
 from alma_ray.placement import Plan
 from alma_ray.stages.base import Stage
-from alma_ray.store import RunStore, StageOutput, StageResult
+from alma_ray.store import RunStore, StageOutput, StageResult, declared_reads, input_path, model_identity
 
 Log = Callable[[str], None]
 
@@ -51,23 +51,27 @@ class Run:
         self.store, self.log = store, log
         self.summary = RunSummary(store.run_dir)
 
-    def stage(self, round_index: int, stage: Stage, read: StageResult | None = None,
-              after: Sequence[StageResult] = ()) -> StageResult:
-        """Run ``stage`` on the rows of ``read`` (None: it makes its own) unless it is committed; ``read`` and
-        ``after`` are its inputs, with the stage's ``sources``: a committed stage built from other inputs is
-        stale and rebuilt."""
-        inputs = {s.manifest.stage: s.manifest for s in [*([read] if read else []), *after]}
+    def stage(self, round_index: int, stage: Stage, read: StageResult | None = None) -> StageResult:
+        """Run ``stage`` on the rows of ``read`` (None: it makes its own) unless it is committed. Its inputs are
+        what it consumes: ``read``, the stages it ``reads`` (of any round, keyed ``round_NNN/stage``), the models
+        it ``loads`` (by content identity) and its ``sources``; a committed stage built from other inputs is stale
+        and rebuilt. While it runs it may read only those stages (``store.input_path``)."""
+        declared = [*([read] if read is not None else []), *stage.reads()]
+        inputs = {f"round_{s.manifest.round:03d}/{s.manifest.stage}": s.manifest for s in declared}
+        models = dict(model_identity(m, self.store.run_dir) for m in stage.loads())
 
         def write(out: Path) -> StageOutput:
-            data = None
-            if read is not None:
-                data = ray.data.read_parquet(str(read.data))
-                stage.check(data, read.data)
-            stage.bind(read.data if read is not None else None, self.store.part_rows)
-            return stage.write(data, out)
+            with declared_reads(self.store.run_dir, stage.name, [s.path for s in declared]):
+                data = None
+                if read is not None:
+                    data = ray.data.read_parquet(input_path(read.data))
+                    stage.check(data, read.data)
+                stage.bind(read.data if read is not None else None, self.store.part_rows,
+                           read.manifest.rows if read is not None else None)
+                return stage.write(data, out)
 
         result = self.store.run_stage(round_index, stage.name, write, inputs, sources=stage.sources(),
-                                      resumable=stage.resumable)
+                                      models=models, resumable=stage.resumable)
         self.summary.results.append(result)
         m = result.manifest
         state = "skipped (done)" if result.skipped else f"{m.wall_s:7.1f} s"

@@ -33,7 +33,7 @@ from ray.data import Dataset
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 
 from alma_ray.errors import EmptyStageError, StageInputError
-from alma_ray.store import StageOutput, atomic_write_text
+from alma_ray.store import StageOutput, StageResult, atomic_write_text, input_path
 
 Tally = Callable[[pa.Table], Any]
 """What one write task computes from the rows it writes (runs in the task; merged on the driver by ``figures``)."""
@@ -57,9 +57,23 @@ class Stage:
     part_rows: int | None = None
     """Rows per committed file, and per part of a resumable stage (set by ``bind``)."""
 
-    def bind(self, input_dir: Path | None, part_rows: int | None) -> None:
-        """Where the input's rows are and how many rows a file (and a part) holds: the run sets this."""
-        self.input_dir, self.part_rows = input_dir, part_rows
+    input_rows: int | None = None
+    """Rows of the input stage (set by ``bind``: progress totals, shuffle partitions)."""
+
+    def bind(self, input_dir: Path | None, part_rows: int | None, input_rows: int | None = None) -> None:
+        """Where the input's rows are, how many there are and how many rows a file (and a part) holds: the run
+        sets this."""
+        self.input_dir, self.part_rows, self.input_rows = input_dir, part_rows, input_rows
+
+    def reads(self) -> list[StageResult]:
+        """The committed stages the stage reads besides the one it streams (``Run.stage``'s ``read``), of any
+        round: each is an input, so a change to it makes the committed stage stale."""
+        return []
+
+    def loads(self) -> list[str]:
+        """The model folders (or hub ids) the stage loads: each is an input by content identity
+        (``store.model_identity``)."""
+        return []
 
     def sources(self) -> dict[str, str]:
         """Digests of what the stage reads besides its input stages (seed prompts, an annotation file): a change
@@ -74,7 +88,7 @@ class Stage:
 
     def part_data(self, part: Part) -> Dataset | None:
         """The rows of one part (None: the stage makes its own)."""
-        return ray.data.read_parquet(list(part.files)) if part.files else None
+        return ray.data.read_parquet([input_path(f) for f in part.files]) if part.files else None
 
     def write_output(self, data: Dataset | None, out: Path) -> tuple[int, list[Any]]:
         """Write ``transform`` of the input into ``out`` (in parts when ``resumable``): (rows, tallies)."""

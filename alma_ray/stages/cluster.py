@@ -104,8 +104,6 @@ class Cluster(Stage):
 
     k: int
     cfg: ClusteringConfig
-    rows: int
-    """Rows of the input (the embeddings stage's manifest)."""
     seed: int
     name: str = "clusters"
     needs: tuple[str, ...] = ("prompt_id", "prompt", "embedding")
@@ -113,14 +111,14 @@ class Cluster(Stage):
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         assert data is not None
         t0 = time.time()
-        centroids = train_centroids(data, k=self.k, cfg=self.cfg, rows=self.rows, seed=self.seed)
+        centroids = train_centroids(data, k=self.k, cfg=self.cfg, rows=self.input_rows or 0, seed=self.seed)
         train_s = time.time() - t0
         np.save(out / "centroids.npy", centroids)
         rows, tallies = write_rows(assign_clusters(data, centroids), out / DATA,
                                    functools.partial(cluster_sizes, k=self.k), max_rows_per_file=self.part_rows)
         sizes = [int(c) for c in np.sum(tallies, axis=0) if c] if tallies else []
         m = self.cfg.metric_sample
-        fraction = min(1.0, 1.5 * m / self.rows)
+        fraction = min(1.0, 1.5 * m / max(1, self.input_rows or 0))
         sample = sample_rows(data.random_sample(fraction, seed=self.seed) if fraction < 1 else data, m,
                              columns=["prompt", "embedding"])
         vectors = np.stack(list(sample["embedding"]))

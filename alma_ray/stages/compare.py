@@ -87,13 +87,13 @@ def compare_tally(table: pa.Table) -> list[int]:
 
 @dataclass
 class Comparisons(Stage):
-    """Pairs from the configured responses (the input: ``rows`` of them) by the rubric, then the length filter."""
+    """Pairs from the configured responses (the input) by the rubric, then the length filter."""
 
     tiers: list[list[str]]
     heldout: float
     salt: str
-    rows: int
     prompts: int
+    """The mined prompts the responses answer (a figure of the manifest)."""
     name: str = "comparisons"
     needs: tuple[str, ...] = ("prompt_id", "prompt", "response", "config", "bad", "chars")
     empty_hint: str = ("no prompt has valid responses from two ranks of the rubric: see the responses stage's rules, "
@@ -102,7 +102,7 @@ class Comparisons(Stage):
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
-        return per_prompt(data, compare_prompt, expected_rows=self.rows, valid="bad == ''", tiers=self.tiers,
+        return per_prompt(data, compare_prompt, expected_rows=self.input_rows or 0, valid="bad == ''", tiers=self.tiers,
                           heldout=self.heldout, salt=self.salt)
 
     def write(self, data: Any, out: Any) -> StageOutput:

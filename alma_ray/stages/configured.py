@@ -110,6 +110,9 @@ class ConfiguredResponses(Stage):
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
 
+    def loads(self) -> list[str]:
+        return sorted(set(self.models.values()))
+
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
         cfg = self.config.responses

@@ -34,7 +34,7 @@ from alma_ray.config import DedupConfig
 from alma_ray.diversity import words
 from alma_ray.ids import prompt_id
 from alma_ray.stages.base import SMALL_ROWS, Stage, write_rows, write_table
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, input_path
 
 
 def shingles(text: str, n: int) -> list[bytes]:
@@ -178,7 +178,7 @@ class Dedup(Stage):
         assert data is not None and self.input_dir is not None
         if self.filters["passed"] <= SMALL_ROWS:  # one task, no shuffle
             task = ray.remote(dedup_small).options(num_cpus=1)  # type: ignore[arg-type]
-            done = ray.get(task.remote(str(self.input_dir), self.reference, str(out), cfg=self.cfg,  # type: ignore
+            done = ray.get(task.remote(input_path(self.input_dir), self.reference, str(out), cfg=self.cfg,  # type: ignore
                                        max_rows_per_file=self.part_rows))
             self._near = (done["near"], done["near_of_reference"])
             return self.counted(done["rows"])

@@ -26,7 +26,7 @@ from ray.data.aggregate import Min
 from alma_ray.diversity import diversity
 from alma_ray.stages.base import SMALL_ROWS, Stage, sample_rows, write_rows, write_table
 from alma_ray.stages.cluster import PoolTooSmallError
-from alma_ray.store import RunStore, StageOutput, StoreError
+from alma_ray.store import RunStore, StageOutput, StageResult, StoreError, input_path
 
 
 def _rank(values: pd.Series, salt: str) -> np.ndarray:
@@ -35,16 +35,17 @@ def _rank(values: pd.Series, salt: str) -> np.ndarray:
                      for v in values], dtype=np.int64)
 
 
-def ledger(store: RunStore, round_index: int, first: int = 1) -> list[str]:
+def ledger(store: RunStore, round_index: int, first: int = 1) -> list[StageResult]:
     """The committed ``prompts`` stages of the rounds ``first`` .. ``round_index`` - 1 (``first``: the first round
     that draws prompts; 2 when round 1 is seed SFT)."""
-    dirs = []
+    stages = []
     for r in range(first, round_index):
-        if store.manifest(r, "prompts") is None:
+        done = store.done(r, "prompts")
+        if done is None:
             raise StoreError(f"round {r} has no committed prompts, so round {round_index} cannot know which "
                              f"prompts are used; run the rounds in order (delete {store.path(round_index, '')})")
-        dirs.append(str(store.path(r, "prompts")))
-    return dirs
+        stages.append(done)
+    return stages
 
 
 @dataclass
@@ -153,41 +154,44 @@ class DrawPrompts(Stage):
     k: int
     seed: int
     round_index: int
-    used: list[str]
+    used: list[StageResult]
     """The ledger: the earlier rounds' committed prompts stages (``ledger``)."""
-    pool: Path
-    """The clustered pool's rows (the input stage's ``data``), read whole on the small path."""
-    embeddings: Path
-    pool_rows: int
+    embeddings: StageResult
     metric_sample: int
     partitions: int
     name: str = "prompts"
     needs: tuple[str, ...] = ("prompt_id", "prompt", "cluster_id")
 
+    def reads(self) -> list[StageResult]:
+        return [*self.used, self.embeddings]
+
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
-        assert data is not None
-        if self.pool_rows <= SMALL_ROWS:  # one task, no shuffle
+        assert data is not None and self.input_dir is not None
+        pool_rows = self.input_rows or 0
+        used = [input_path(u.path) for u in self.used]
+        embeddings = input_path(self.embeddings.data)
+        if pool_rows <= SMALL_ROWS:  # one task, no shuffle
             task = ray.remote(draw_small).options(num_cpus=1)  # type: ignore[arg-type]
-            done = ray.get(task.remote(str(self.pool), self.used, str(self.embeddings), str(out),  # type: ignore
+            done = ray.get(task.remote(input_path(self.input_dir), used, embeddings, str(out),  # type: ignore
                                        k=self.k, seed=self.seed, round_index=self.round_index,
                                        m=min(self.k, self.metric_sample), max_rows_per_file=self.part_rows))
             if "error" in done:
                 raise PoolTooSmallError(done["error"])
-            return self.counted(done["rows"], ledger_before=self.pool_rows - done["unused"],
+            return self.counted(done["rows"], ledger_before=pool_rows - done["unused"],
                                 unused_prompts=done["unused"], clusters_available=done["available"],
                                 diversity=done["diversity"])
-        used = ray.data.read_parquet(self.used).select_columns(["prompt_id"]) if self.used else None
-        draw = draw_prompts(data, used, k=self.k, seed=self.seed, round_index=self.round_index,
+        used_rows = ray.data.read_parquet(used).select_columns(["prompt_id"]) if used else None
+        draw = draw_prompts(data, used_rows, k=self.k, seed=self.seed, round_index=self.round_index,
                             partitions=self.partitions)
         m, columns = min(self.k, self.metric_sample), ["prompt_id", "prompt", "cluster_id"]
         rows, tallies = write_rows(draw.drawn, out, functools.partial(head_rows, columns=columns, n=m),
                                    max_rows_per_file=self.part_rows)
         drawn = pd.concat(tallies).head(m) if tallies else pd.DataFrame(columns=columns)
         random = sample_rows(draw.random, m, columns=columns)
-        vectors = embeddings_of(ray.data.read_parquet(str(self.embeddings)),
+        vectors = embeddings_of(ray.data.read_parquet(embeddings),
                                 [*drawn["prompt_id"], *random["prompt_id"]])
         return self.counted(
-            rows, ledger_before=self.pool_rows - draw.unused_prompts,  # every used prompt is in the pool
+            rows, ledger_before=pool_rows - draw.unused_prompts,  # every used prompt is in the pool
             unused_prompts=draw.unused_prompts, clusters_available=draw.clusters_available,
             diversity={"cluster_draw": sample_diversity(drawn, vectors),
                        "random_draw": sample_diversity(random, vectors)})

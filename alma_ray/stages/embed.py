@@ -133,6 +133,9 @@ class Embed(Stage):
     tally = staticmethod(embedding_dim)
     _started: float = field(default=0.0, repr=False)
 
+    def loads(self) -> list[str]:
+        return [self.model]
+
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
         return embed_prompts(data, model=self.model, cfg=self.cfg, engine=self.engine, resources=self.resources)

@@ -18,7 +18,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from alma_ray.stages.base import Stage, write_pylist
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, StageResult, input_path
+
+Evals = tuple[StageResult, StageResult | None]
+"""A round's committed ``eval`` stage and its ``eval_judges`` stage (None when ``eval.judges`` is not set)."""
 
 RUN_JUDGE = "run judge"
 """The judge column of the run's own (fixed) judge in an evaluation: the panel's weighted score."""
@@ -31,8 +34,8 @@ def judge_scores(eval_dir: Path, judges_dir: Path | None = None) -> pd.DataFrame
     rows = []
     sources = [(eval_dir, False)] + ([(judges_dir, True)] if judges_dir is not None else [])
     for path, members in sources:
-        table = pq.read_table(path, columns=["prompt_id", "response", "output_tokens", "score", "judge_flag",
-                                             "member_scores"]).to_pylist()
+        columns = ["prompt_id", "response", "output_tokens", "score", "judge_flag", "member_scores"]
+        table = pq.read_table(input_path(path), columns=columns).to_pylist()
         for r in table:
             scores = dict(r["member_scores"]) if members else {RUN_JUDGE: r["score"]}
             for judge, score in scores.items():
@@ -90,14 +93,19 @@ class EvalSummary(Stage):
     """The round's evaluation figures (one row per judge), from its committed ``eval`` (and ``eval_judges``)
     stages and those of the previous round and of round 1 (M1a)."""
 
-    this: tuple[Path, Path | None]
-    previous: tuple[Path, Path | None] | None
-    first: tuple[Path, Path | None] | None
+    this: Evals
+    previous: Evals | None
+    first: Evals | None
     round: int
     name: str = "eval_summary"
 
+    def reads(self) -> list[StageResult]:
+        return [s for evals in (self.this, self.previous, self.first) if evals is not None for s in evals
+                if s is not None]
+
     def write(self, data: Any, out: Path) -> StageOutput:
-        frames = [None if dirs is None else judge_scores(*dirs) for dirs in (self.this, self.previous, self.first)]
+        frames = [None if e is None else judge_scores(e[0].path, e[1].path if e[1] is not None else None)
+                  for e in (self.this, self.previous, self.first)]
         assert frames[0] is not None
         rows = [{"round": self.round, **r} for r in summarize(frames[0], frames[1], frames[2])]
         write_pylist(rows, out)

@@ -133,8 +133,6 @@ class Sample(Stage):
     too_long: str = "skip"
     pool_size: int = 1
     prompts: list[dict[str, Any]] | None = None
-    prompt_rows: int | None = None
-    """Rows of the input stage (for the progress bar's total), when the prompts come from one."""
     needs: tuple[str, ...] = ("prompt_id", "prompt")
     empty_hint: str = "no prompts reached the engines: check the input stage"
     tally = staticmethod(sampling_tally)
@@ -142,6 +140,9 @@ class Sample(Stage):
     _started: float = field(default=0.0, repr=False)
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+
+    def loads(self) -> list[str]:
+        return [s.model for s in self.shares]
 
     def sources(self) -> dict[str, str]:
         """The prompts given as a list (held-out probe prompts, distill pairs' seed prompts) are an input."""
@@ -155,7 +156,7 @@ class Sample(Stage):
                                   seed_salt=self.seed_salt, pool_size=self.pool_size, progress=self.progress)
 
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
-        rows = len(self.prompts) if self.prompts is not None else self.prompt_rows
+        rows = len(self.prompts) if self.prompts is not None else self.input_rows
         self._started = time.time()
         with StageProgress(self.name, None if rows is None else rows * sum(s.n for s in self.shares)) as progress:
             self.progress = progress.counter

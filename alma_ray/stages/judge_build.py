@@ -78,6 +78,12 @@ class HeldoutAccuracy(Stage):
     engines: Engines
     name: str = "judge_eval"
 
+    def loads(self) -> list[str]:
+        return list(self.models.values())
+
+    def sources(self) -> dict[str, str]:
+        return {"heldout_pairs": text_digest(self.held_rows)}
+
     def write(self, data: Any, out: Path) -> StageOutput:
         table = heldout_accuracy(Panel.compare(self.judge, self.models), self.held_rows, self.engines)
         write_pylist(table, out)
@@ -146,6 +152,9 @@ class JudgeGate(Stage):
     engines: Engines
     set_name: str
     name: str = "judge_gate"
+
+    def loads(self) -> list[str]:
+        return [j.model for j in self.panel.judges]
 
     def sources(self) -> dict[str, str]:
         return {"pairs": text_digest(self.pairs)}

@@ -88,6 +88,9 @@ class Mine(Stage):
     empty_hint: str = "raise mining.num_requests"
     resumable = True
 
+    def loads(self) -> list[str]:
+        return [self.model]
+
     def sources(self) -> dict[str, str]:
         return {"seed_prompts": text_digest(self.seeds, self.heldout)}
 

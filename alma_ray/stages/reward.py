@@ -25,7 +25,7 @@ from alma_ray.reward import RewardServer, reward_scores, score_batch
 from alma_ray.stages.base import Stage, write_pylist
 from alma_ray.stages.engines import Engines
 from alma_ray.stages.evaluate import win_rate
-from alma_ray.store import StageOutput, text_digest
+from alma_ray.store import StageOutput, StageResult, input_path, text_digest
 
 
 def _pair_rewards(batch: dict[str, np.ndarray], *, app: str) -> dict[str, Any]:
@@ -52,6 +52,9 @@ class RewardCheck(Stage):
     engines: Engines
     pairs: list[dict[str, Any]]
     name: str = "reward_check"
+
+    def loads(self) -> list[str]:
+        return [self.server.model]
 
     def sources(self) -> dict[str, str]:
         return {"pairs": text_digest(self.pairs)}
@@ -84,6 +87,9 @@ class RewardScore(Stage):
     def __post_init__(self) -> None:
         self.needs = (self.prompt_column, "response")
 
+    def loads(self) -> list[str]:
+        return [self.server.model]
+
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
         return data.map_batches(score_batch, batch_size=64, num_cpus=0,  # type: ignore[arg-type]
@@ -96,7 +102,7 @@ def reward_frame(paths: list[Path]) -> pd.DataFrame:
     (the reward; NaN when unscored), ``empty`` (the reward model flagged the answer as empty), ``tokens``,
     ``chars``."""
     columns = ["checkpoint", "prompt_id", "response", "output_tokens", "reward", "reward_flag"]
-    df = pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in paths], ignore_index=True)
+    df = pd.concat([pq.read_table(input_path(p), columns=columns).to_pandas() for p in paths], ignore_index=True)
     return pd.DataFrame({"checkpoint": df.checkpoint, "prompt_id": df.prompt_id,
                          "score": df.reward.where(df.reward_flag == "", np.nan),
                          "empty": df.reward_flag == "empty", "tokens": df.output_tokens,
@@ -107,13 +113,16 @@ def reward_frame(paths: list[Path]) -> pd.DataFrame:
 class RewardEval(Stage):
     """Per evaluated model: mean reward, mean length, and ``model``'s win rate against it (by reward)."""
 
-    scored: list[Path]
+    scored: list[StageResult]
     model: str
     """The checkpoint the others are compared with (the trained model)."""
     name: str = "eval_summary"
 
+    def reads(self) -> list[StageResult]:
+        return list(self.scored)
+
     def write(self, data: Any, out: Path) -> StageOutput:
-        df = reward_frame(self.scored)
+        df = reward_frame([s.path for s in self.scored])
         ours = df[df.checkpoint == self.model]
         rows = []
         for name, group in df.groupby("checkpoint", sort=True):

@@ -39,13 +39,14 @@ class Score(Stage):
     engines: Engines
     keep: bool = True
     """Keep the app up for later stages (the run's judge), or give it back after this one."""
-    rows: int | None = None
-    """Rows of the input stage (for the progress bar's total)."""
     name: str = "scores"
     needs: tuple[str, ...] = ("prompt", "response")
     tally = staticmethod(score_tally)
     resumable = True
     _progress: Any = field(default=None, repr=False)
+
+    def loads(self) -> list[str]:
+        return [j.model for j in self.panel.judges]
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
@@ -54,7 +55,7 @@ class Score(Stage):
 
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         try:
-            with StageProgress(self.name, self.rows) as progress:
+            with StageProgress(self.name, self.input_rows) as progress:
                 self._progress = progress.counter
                 result = super().write(data, out)
             result.stats["busy_s"] = busy_window(progress.final)

@@ -12,6 +12,7 @@ from ray.data import Dataset
 
 from alma_ray.ids import stable_seed
 from alma_ray.stages.base import SMALL_ROWS, Stage, shuffle_partitions
+from alma_ray.store import StageResult
 
 
 def _ranked(group: pd.DataFrame) -> pd.DataFrame:
@@ -55,9 +56,8 @@ def best_tally(table: Any) -> tuple[float, float]:
 
 @dataclass
 class SelectBest(Stage):
-    """D_r: the best-scored response of each prompt (the input: a scores stage of ``scored_rows`` rows)."""
+    """D_r: the best-scored response of each prompt (the input: a scores stage)."""
 
-    scored_rows: int
     name: str = "selected"
     needs: tuple[str, ...] = ("prompt_id", "score", "judge_flag", "checkpoint", "sample_index")
     empty_hint: str = "the judge flagged every response: see the scores stage's judge_flag column"
@@ -65,7 +65,7 @@ class SelectBest(Stage):
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
-        return select_best(data, expected_rows=self.scored_rows)
+        return select_best(data, expected_rows=self.input_rows or 0)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         return {"mean_best": sum(t[0] for t in tallies) / rows, "mean_all": sum(t[1] for t in tallies) / rows}
@@ -113,10 +113,10 @@ class SelectPairs(Stage):
     """ALMA's DPO variant: per prompt, TRL's ``prompt``/``chosen``/``rejected`` with both sides' checkpoint, sample,
     seed and score as lineage. Prompts with fewer than two valid responses give no pair (counted)."""
 
-    scored_rows: int
     rejected: str
     salt: str
-    prompts: int
+    prompts: StageResult
+    """The round's drawn prompts (for the count of prompts without a pair)."""
     name: str = "pairs"
     needs: tuple[str, ...] = ("prompt_id", "prompt", "response", "score", "judge_flag", "checkpoint", "sample_index")
     empty_hint: str = "no prompt has two valid responses: raise generation.n, or see the scores' judge_flag"
@@ -124,8 +124,11 @@ class SelectPairs(Stage):
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
-        return per_prompt(data, _pair, expected_rows=self.scored_rows, rejected=self.rejected, salt=self.salt)
+        return per_prompt(data, _pair, expected_rows=self.input_rows or 0, rejected=self.rejected, salt=self.salt)
+
+    def reads(self) -> list[StageResult]:
+        return [self.prompts]
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         return {"mean_chosen": sum(t[0] for t in tallies) / rows, "mean_rejected": sum(t[1] for t in tallies) / rows,
-                "prompts_without_pair": self.prompts - rows, "rejected_by": self.rejected}
+                "prompts_without_pair": self.prompts.manifest.rows - rows, "rejected_by": self.rejected}

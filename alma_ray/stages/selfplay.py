@@ -36,7 +36,7 @@ from alma_ray.progress import StageProgress, busy_window
 from alma_ray.reward import RewardServer, reward_scores
 from alma_ray.stages.base import Stage
 from alma_ray.stages.engines import Engines, SampleRequest
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, input_path
 
 
 @dataclass(frozen=True)
@@ -160,13 +160,17 @@ class SelfPlay(Stage):
     tally = staticmethod(selfplay_tally)
     _progress: Any = field(default=None, repr=False)
 
+    def loads(self) -> list[str]:
+        return [self.model, self.server.model]
+
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
         cfg = self.cfg
         prompts = data.filter(expr="reject == ''").select_columns(["prompt_id", "prompt", "source"])
         if cfg.prompts is not None:  # the first accepted prompts in mining order, the same on every rerun
             assert self.input_dir is not None
-            mined = pq.read_table(self.input_dir, columns=["prompt_id", "reject", "wave", "request_index"]).to_pandas()
+            columns = ["prompt_id", "reject", "wave", "request_index"]
+            mined = pq.read_table(input_path(self.input_dir), columns=columns).to_pandas()
             first = mined[mined.reject == ""].sort_values(["wave", "request_index"]).prompt_id.head(cfg.prompts)
             prompts = prompts.filter(fn=functools.partial(_in, ids=frozenset(first)))
         salt = f"{self.seed}:selfplay"

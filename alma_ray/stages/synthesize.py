@@ -124,6 +124,9 @@ class Synthesize(Stage):
     progress: Any = field(default=None, repr=False)
     """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
 
+    def loads(self) -> list[str]:
+        return [self.model]
+
     def sources(self) -> dict[str, str]:
         return {"seed_prompts": text_digest(self.seeds, self.known)}
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from alma_ray.config import ResourcesConfig, TrainConfig
 from alma_ray.stages.base import Stage
-from alma_ray.store import StageOutput
+from alma_ray.store import StageOutput, StageResult
 from alma_ray.train.data import Examples, read_examples
 from alma_ray.train.loop import fit
 from alma_ray.train.objectives import Objective
@@ -19,8 +19,9 @@ from alma_ray.train.objectives import Objective
 
 @dataclass
 class Train(Stage):
-    """Train ``model`` with ``objective`` on ``examples``: committed stages' row directories (unioned in order,
-    e.g. ALMA's D_1..D_r: one table when small, else a lazy dataset) or rows given as they are."""
+    """Train ``model`` with ``objective`` on ``examples``: committed stages' rows (unioned in order, e.g. ALMA's
+    D_1..D_r, each an input of the stage: one table when small, else a lazy dataset) or rows given as they are
+    (then ``made_from``, the committed stages they were made from, are its inputs)."""
 
     name: str
     objective: Objective
@@ -28,7 +29,7 @@ class Train(Stage):
     resources: ResourcesConfig
     model: str
     seed: int
-    examples: list[str] | Examples
+    examples: list[StageResult] | Examples
     run_name: str | None = None
     figures_extra: dict[str, Any] = field(default_factory=dict)
     """Recorded beside the training metrics (e.g. which targets a judge trained on)."""
@@ -38,9 +39,18 @@ class Train(Stage):
     """Rows of the same stages matching these filters are evaluated after training (``fit``'s ``heldout``: the
     reward model's ``heldout_pair_accuracy``); none matching: no evaluation."""
 
+    made_from: list[StageResult] = field(default_factory=list)
+
+    def reads(self) -> list[StageResult]:
+        return [*(self.examples if isinstance(self.examples, list) else []), *self.made_from]
+
+    def loads(self) -> list[str]:
+        return [self.model]
+
     def rows(self, where: list[tuple[str, str, Any]] | None = None) -> Examples:
         if isinstance(self.examples, list):
-            return read_examples(self.examples, list(self.objective.columns), where or self.where)
+            return read_examples([str(e.data) for e in self.examples], list(self.objective.columns),
+                                 where or self.where)
         return self.examples
 
     def write(self, data: Any, out: Path) -> StageOutput:

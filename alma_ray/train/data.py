@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from alma_ray.engine import prompt_ids, uses_chat_template
+from alma_ray.store import input_path
 from alma_ray.train.losses import IGNORE
 
 Examples: TypeAlias = ray.data.Dataset | pa.Table
@@ -44,6 +45,7 @@ def read_examples(dirs: list[str], columns: list[str], where: list[tuple[str, st
     """The ``columns`` of committed stages' rows (in the order given, each directory's files sorted), only those
     matching ``where`` (pyarrow filters, e.g. ``[("split", "==", "train")]``): a table when they are small, else a
     lazy dataset."""
+    dirs = [input_path(d) for d in dirs]  # a stage's declared inputs only
     files = [f for d in dirs for f in (sorted(Path(d).rglob("*.parquet")) if Path(d).is_dir() else [Path(d)])]
     if sum(f.stat().st_size for f in files) > SMALL_EXAMPLES_BYTES:
         expr = pq.filters_to_expression(where) if where else None

@@ -3,12 +3,14 @@
 import math
 
 import numpy as np
+import pytest
 
 from alma_ray.config import EngineConfig
 from alma_ray.judge.engine import Judge
 from alma_ray.judge.rubric import RATING_PREFIX, SCORES, score_distribution
 
 
+@pytest.mark.engine
 def test_vllm_scores_match_transformers(tiny_model: str) -> None:
     """The judge's real-valued score equals a direct transformers computation of the same probabilities."""
     import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,6 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 TOKEN = "s3cret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: Any, token: str | None = None) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
@@ -37,14 +30,14 @@ def _post(url: str, body: Any, token: str | None = None) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
 
 
-def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str, monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str, serve_port: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import ray.data
     from ray import serve
 
     from alma_ray.judge.serve import APP, ROUTE, Panel, ServedJudge, judge_service, score_dataset
 
-    port = _free_port()
+    port = serve_port  # the session's proxy (Serve listens where it was first started)
     monkeypatch.setenv("ALMA_JUDGE_TOKEN", "s3cret")  # the endpoint then wants it as a bearer token
     config = AlmaConfig.model_validate(dict(
         base_model=tiny_model, generation={"checkpoints": [{"name": "a", "model": tiny_model}]},
@@ -89,6 +82,7 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str, monk
         assert _post(url, b"[" * 30_000 + b"]" * 30_000, TOKEN)[0] == 400  # deeply nested: refused, never a 500
         assert _post(url, [pairs[0]] * 9, TOKEN)[0] == 413  # judge.http_max_pairs=8
         assert _post(url, {"prompt": "x" * 70_000, "response": "y"}, TOKEN)[0] == 413  # judge.http_max_body_bytes
+        assert _post(url, b"x" * (20 << 20), TOKEN)[0] == 413  # 20 MB: refused by its length, not reset
         status, cut = _post(url, {"prompt": "word " * 12_000, "response": "a word"}, TOKEN)  # under the limit
         assert status == 200 and cut["judge_flag"] == ""  # the prompt is cut like responses, then scored
         with ThreadPoolExecutor(64) as pool:

@@ -56,10 +56,12 @@ def test_stage_pairs_every_prompt_and_refuses_a_grid_with_no_pair(tmp_path) -> N
 
     rows = _rows("p1", {"big5": 100, "big3": 200, "small5": None, "small3": 250, "small1": 90}) + \
         _rows("p2", {"big5": 300, "big3": None, "small5": None, "small3": None, "small1": 80})
-    stage = Comparisons(TIERS, heldout=0.0, salt="s", rows=len(rows), prompts=2)
+    stage = Comparisons(TIERS, heldout=0.0, salt="s", prompts=2)
+    stage.bind(None, None, len(rows))  # as Run.stage binds it: the input's row count
     out = stage.write(ray.data.from_items(rows), tmp_path / "ok")
     assert out.stats["pairs"] == 4 and out.stats["train_pairs"] + out.stats["dropped_length"] == 4
     lonely = _rows("p3", {"big5": None, "big3": 10, "small5": 20, "small3": None, "small1": None})
     with pytest.raises(EmptyStageError, match="no valid pair|no rows"):
-        Comparisons(TIERS, heldout=0.0, salt="s", rows=5, prompts=1).write(ray.data.from_items(lonely),
-                                                                          tmp_path / "none")
+        stage = Comparisons(TIERS, heldout=0.0, salt="s", prompts=1)
+        stage.bind(None, None, len(lonely))
+        stage.write(ray.data.from_items(lonely), tmp_path / "none")

@@ -13,6 +13,7 @@ PROMPTS = ["Write a haiku about autumn.", "Explain photosynthesis to a ten year 
            "List three uses of a paperclip. " * 40]  # the last one is cut at max_tokens
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_vllm_pooling_matches_transformers(tiny_model: str, pooling: str) -> None:
     from alma_ray.stages.embed import Embedder, VLLMEmbedder

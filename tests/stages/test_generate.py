@@ -129,38 +129,40 @@ def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_
 @pytest.mark.usefixtures("ray_local")
 def test_a_killed_engine_actor_loses_and_duplicates_nothing(tiny_model: str, tmp_path: Path) -> None:
     """SIGKILL one of a checkpoint's two engines mid-run: Ray restarts it and retries the batch it held; the output
-    is exact."""
-    from ray.util.state import list_actors
+    is exact. The engine killed is one this test started (never another test's on the shared cluster), once two of
+    the stream's 60 batches are done."""
+    import ray
+    from ray.util.state import get_actor
 
     from alma_ray.progress import StageProgress
+    from alma_ray.stages.engines import Engines
 
     prompts = 40
     config = _config(tiny_model, too_long="skip", batch_size=2, max_tokens=48, engines=2)
     result: dict[str, Any] = {}
 
-    with StageProgress("responses", prompts * 3, show=False) as progress:
+    with StageProgress("responses", prompts * 3, show=False) as progress, \
+            Engines(config.engine, config.resources) as engines:
+        victim = engines.samplers(tiny_model, 2)[0]  # the pool the stream uses (both checkpoints sample it)
+
         def work() -> None:
             try:
-                result["df"] = _run(config, _prompts(prompts), tmp_path / "out", progress.counter)
+                result["df"] = _run(config, _prompts(prompts), tmp_path / "out", progress.counter, engines)
             except BaseException as e:  # noqa: BLE001 - reported below
                 result["error"] = e
 
         runner = threading.Thread(target=work)
         runner.start()
         killed = None
-        deadline = time.time() + 240
-        while runner.is_alive() and killed is None and time.time() < deadline:
-            import ray
-
+        while runner.is_alive() and killed is None:  # the test's time limit (pytest-timeout) bounds the wait
             if ray.get(progress.counter.snapshot.remote())["batches"] >= 2:
-                workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-                           if "SamplingEngine" in a.class_name and a.pid]
-                if workers:
-                    killed = workers[0].pid
+                state = get_actor(victim._actor_id.hex())
+                if state is not None and state.pid:
+                    killed = state.pid
                     os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        runner.join(timeout=600)
+            time.sleep(0.05)
+        runner.join()
     assert "error" not in result, result.get("error")
-    assert killed is not None, "the run ended before an engine actor could be killed; make the job longer"
+    assert killed is not None, "the stream of 60 batches ended before its third"
     assert progress.final["engines_ready"] >= 3  # two engines + the restarted one
     _assert_exactly_once(result["df"], prompts)

@@ -58,6 +58,7 @@ def test_reward_model_ranks_pairs(tiny_model: str, tmp_path: Path) -> None:
     assert good > bad  # the saved head (ZeRO-3 gathered) ranks an unseen pair
 
 
+@pytest.mark.usefixtures("ray_local")  # the Ray Data example joins the session's cluster, never one of its own
 def test_missing_columns_are_named(tiny_model: str) -> None:
     import pyarrow as pa
     import ray.data

@@ -27,6 +27,7 @@ def one_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+@pytest.mark.engine
 @pytest.mark.usefixtures("one_rank")
 def test_the_last_partial_accumulation_steps_the_optimizer(tiny_model: str) -> None:
     """10 rows, micro-batch 2, 2 epochs: 10 micro-steps. With grad_accum 4 the optimizer steps after micro-steps 4

@@ -29,7 +29,7 @@ from alma_ray.recipes.base import Log, Run, RunSummary
 from alma_ray.seed_sft import load_seed_sft
 from alma_ray.seeds import heldout_and_pool, load_seeds
 from alma_ray.stages.engines import Engines, judge_app_name
-from alma_ray.stages.evaluate import EvalSummary
+from alma_ray.stages.evaluate import Evals, EvalSummary
 from alma_ray.stages.generate import Sample, Share, mix
 from alma_ray.stages.judge_build import JudgeGate
 from alma_ray.stages.score import Score
@@ -66,13 +66,11 @@ class Trained:
     """What the rounds so far have produced: D_1..D_r (or the DPO pairs), the models (ALMA's M1a, M1b, and the
     latest) and each round's evaluation stages."""
 
-    selected: list[str] = field(default_factory=list)
-    pairs: list[str] = field(default_factory=list)
+    selected: list[StageResult] = field(default_factory=list)
+    pairs: list[StageResult] = field(default_factory=list)
     latest: str | None = None
     round_one: list[str] = field(default_factory=list)
-    evals: dict[int, tuple[Path, Path | None]] = field(default_factory=dict)
-    seed: list[StageResult] = field(default_factory=list)
-    """Round 1's seed SFT stage, when later rounds train on it too (an input of their training)."""
+    evals: dict[int, Evals] = field(default_factory=dict)
 
     def models(self, config: AlmaConfig, fixed: dict[str, str], r: int) -> dict[str, str]:
         """Checkpoint name -> folder for round ``r``'s mix: the fixed models and those this run has trained, each
@@ -159,7 +157,7 @@ class ALMARecipe:
             trained = Trained()
             # the base model's answers (what round 1 is compared with), while its synthesis engines are up
             self.evaluate(config, run, engines, 0, model=base, label="base", panel=panel, heldout=heldout,
-                          trained=trained, after=[])
+                          trained=trained)
             if base not in fixed.values():
                 engines.release(base)
             pool = build_pool(config, run, engines, synthesis, base=base, seeds=fewshot, heldout=heldout)
@@ -181,9 +179,8 @@ class ALMARecipe:
             engines.keep_only(set(), [panel])
             data = run.stage(r, SeedRows(config.seed_sft, heldout))
             if config.seed_sft.in_later_rounds:
-                trained.selected.append(str(data.path))
-                trained.seed = [data]
-            examples, inputs = [str(data.path)], [data]
+                trained.selected.append(data)
+            examples = [data]
         else:
             shares = mix(gen, trained.models(config, fixed, r))
             engines.keep_only({s.model for s in shares}, [panel])  # what this round samples and the fixed judge
@@ -191,38 +188,36 @@ class ALMARecipe:
             responses = run.stage(r, Sample(
                 "responses", shares, engines, seed_salt=f"{config.seed}:{r}:responses",
                 completion_template=gen.completion_template, too_long=gen.too_long,
-                pool_size=config.resources.engines_per_checkpoint, prompt_rows=prompts.manifest.rows), read=prompts)
-            scores = run.stage(r, Score(panel, engines, rows=responses.manifest.rows), read=responses)
+                pool_size=config.resources.engines_per_checkpoint), read=prompts)
+            scores = run.stage(r, Score(panel, engines), read=responses)
             if train.objective == "dpo" and r > 1:  # ALMA's DPO variant: from M1a on the pairs of rounds 2..r
-                done = run.stage(r, SelectPairs(scores.manifest.rows, train.dpo_rejected, f"{config.seed}:{r}:pairs",
-                                                prompts=prompts.manifest.rows), read=scores)
-                trained.pairs.append(str(done.path))
+                done = run.stage(r, SelectPairs(train.dpo_rejected, f"{config.seed}:{r}:pairs", prompts=prompts),
+                                 read=scores)
+                trained.pairs.append(done)
                 engines.before_training(trained.round_one[0], train, pairs=True)
                 dpo = run.stage(r, Train("dpo", DPO.of(train, completion_template=gen.completion_template), train,
                                          config.resources, model=trained.round_one[0], seed=train.seed,
-                                         examples=list(trained.pairs)), after=[done])
+                                         examples=list(trained.pairs)))
                 trained.latest = str(dpo.path)
                 self.evaluate(config, run, engines, r, model=trained.latest, label=f"round_{r:03d}/dpo",
-                              panel=panel, heldout=heldout, trained=trained, after=[dpo])
+                              panel=panel, heldout=heldout, trained=trained)
                 return
-            done = run.stage(r, SelectBest(scored_rows=scores.manifest.rows), read=scores)
-            trained.selected.append(str(done.path))
+            done = run.stage(r, SelectBest(), read=scores)
+            trained.selected.append(done)
             examples = list(trained.selected)
-            inputs = [done, *trained.seed]
         init = base if train.init == "base" or trained.latest is None else trained.latest
         engines.before_training(init, train)
         sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train,
-                                  config.resources, model=init, seed=train.seed + k, examples=examples),
-                         after=inputs)
+                                  config.resources, model=init, seed=train.seed + k, examples=examples))
                for k in range(train.round_one_seeds if r == 1 else 1)]
         trained.latest = str(sft[0].path)
         if r == 1:
             trained.round_one = [str(s.path) for s in sft]
         self.evaluate(config, run, engines, r, model=trained.latest, label=f"round_{r:03d}/sft", panel=panel,
-                      heldout=heldout, trained=trained, after=[sft[0]])
+                      heldout=heldout, trained=trained)
 
     def evaluate(self, config: AlmaConfig, run: Run, engines: Engines, r: int, *, model: str, label: str,
-                 panel: Panel, heldout: list[str], trained: Trained, after: list[StageResult]) -> None:
+                 panel: Panel, heldout: list[str], trained: Trained) -> None:
         """Round ``r``'s model answers the held-out prompts (``probe``); the run's judge (and ``eval.judges``)
         scores the answers; ``eval_summary`` compares them with the previous round's and M1a's."""
         if not heldout:
@@ -235,17 +230,15 @@ class ALMARecipe:
         answers = run.stage(r, Sample("probe", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
                                       completion_template=gen.completion_template, too_long=gen.too_long,
                                       prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p}
-                                               for p in heldout]), after=after)
-        scored = run.stage(r, Score(panel, engines, rows=answers.manifest.rows, name="eval"), read=answers)
+                                               for p in heldout]))
+        scored = run.stage(r, Score(panel, engines, name="eval"), read=answers)
         by_judges = None
         if config.eval.judges:
             judges = Panel.of(config.judge, [ServedJudge(j.name, resolve_model(j.model), j.weight, j.chat_template,
                                                          label=j.model) for j in config.eval.judges])
-            by_judges = run.stage(r, Score(judges, engines, keep=False, rows=answers.manifest.rows,
-                                           name="eval_judges"), read=answers)
-        this = (scored.path, by_judges.path if by_judges is not None else None)
-        run.stage(r, EvalSummary(this, trained.evals.get(r - 1), trained.evals.get(1) if r > 1 else None, r),
-                  after=[scored, *([by_judges] if by_judges is not None else [])])
+            by_judges = run.stage(r, Score(judges, engines, keep=False, name="eval_judges"), read=answers)
+        this = (scored, by_judges)
+        run.stage(r, EvalSummary(this, trained.evals.get(r - 1), trained.evals.get(1) if r > 1 else None, r))
         trained.evals[r] = this
 
 

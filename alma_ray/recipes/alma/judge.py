@@ -69,22 +69,21 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
     examples = pa.Table.from_pylist([{"prompt": r["prompt"], "response": r["response"], "target": t.tolist()}
                                      for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
     engines.before_training(judge_start, config.judge_training, logit_positions=JudgeRating.logit_positions)
-    sft = run.stage(ROUND, judge_training(config, "judge_sft", model=judge_start, examples=examples),
-                    after=[annotations])
+    sft = run.stage(ROUND, judge_training(config, "judge_sft", model=judge_start, examples=examples,
+                                          made_from=[annotations]))
     trained = [sft]
     if build.distill_pairs:
         pairs = run.stage(ROUND, distill_pairs(config, engines, base=base, seed_prompts=seed_prompts,
-                                               m=build.distill_pairs), after=[sft])
+                                               m=build.distill_pairs))
         scores = run.stage(ROUND, Score(Panel.compare(config.judge, {"sft": str(sft.path)}), engines, keep=False,
-                                        rows=pairs.manifest.rows, name="distill_scores"), read=pairs)
+                                        name="distill_scores"), read=pairs)
         engines.before_training(str(sft.path), config.judge_training, logit_positions=JudgeRating.logit_positions)
         trained.append(run.stage(ROUND, distill(config, "judge_distill", judge=str(sft.path), scores=scores,
-                                                target=build.distill_target), after=[scores]))
+                                                target=build.distill_target)))
     members = {"base": judge_start, "sft": str(sft.path),
                **({"distilled": str(trained[-1].path)} if len(trained) > 1 else {})}
     held = [r for r in table if r["split"] == "heldout"]
-    evaluated = run.stage(ROUND, HeldoutAccuracy(config.judge, members, held, engines),
-                          after=trained)
+    evaluated = run.stage(ROUND, HeldoutAccuracy(config.judge, members, held, engines))
     built = BuiltJudge(str(trained[-1].path), trained[-1].manifest.stage, evaluated.manifest.stats["table"])
     if build.reuse:
         filed = cache.publish(key, trained[-1].path, {"table": built.table, "stage": built.stage,
@@ -94,20 +93,20 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
 
 
 def judge_training(config: AlmaConfig, name: str, *, model: str, examples: Examples,
-                   run_name: str | None = None, **figures: Any) -> Train:
+                   made_from: list[StageResult], run_name: str | None = None, **figures: Any) -> Train:
     """A judge-training stage: the rating loss with the judge build's settings (``AlmaConfig.judge_training``)."""
     j = config.judge
     return Train(name, JudgeRating(chat=j.chat_template, max_response_chars=j.max_response_chars),
                  config.judge_training, config.resources, model=model, seed=config.train.seed, examples=examples,
-                 run_name=run_name or f"{name}-{config.train.seed}", figures_extra=figures)
+                 made_from=made_from, run_name=run_name or f"{name}-{config.train.seed}", figures_extra=figures)
 
 
 def distill(config: AlmaConfig, name: str, *, judge: str, scores: StageResult, target: str,
             run_name: str | None = None) -> Train:
     """Self-distillation: training continues from ``judge`` on its own scores of the distill pairs."""
     rows = distill_rows(scores.path, target)
-    return judge_training(config, name, model=judge, examples=pa.Table.from_pylist(rows), run_name=run_name,
-                          target=target)
+    return judge_training(config, name, model=judge, examples=pa.Table.from_pylist(rows), made_from=[scores],
+                          run_name=run_name, target=target)
 
 
 def distill_pairs(config: AlmaConfig, engines: Engines, *, base: str, seed_prompts: list[str], m: int,

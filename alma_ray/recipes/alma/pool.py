@@ -51,8 +51,7 @@ def build_pool(config: AlmaConfig, run: Run, engines: Engines, synthesis: StageR
         syn.num_requests), filters=synthesis.manifest.stats["filters"]), read=synthesis)
     embeddings = run.stage(0, Embed(base, label=config.base_model, cfg=syn.embedding, engine=engine, resources=res),
                            read=pool)
-    clusters = run.stage(0, Cluster(config.clusters, syn.clustering, rows=embeddings.manifest.rows,
-                                    seed=config.seed), read=embeddings)
+    clusters = run.stage(0, Cluster(config.clusters, syn.clustering, seed=config.seed), read=embeddings)
     return PromptPool(clusters, embeddings)
 
 
@@ -61,7 +60,6 @@ def draw(config: AlmaConfig, run: Run, round_index: int, pool: PromptPool) -> St
     first = 2 if config.seed_sft is not None else 1  # the first round that draws (round 1 may be seed SFT)
     return run.stage(round_index, DrawPrompts(
         k=config.prompts_per_round, seed=config.seed, round_index=round_index,
-        used=ledger(run.store, round_index, first), pool=pool.clusters.data, embeddings=pool.embeddings.data,
-        pool_rows=pool.clusters.manifest.rows,
+        used=ledger(run.store, round_index, first), embeddings=pool.embeddings,
         metric_sample=config.synthesis.clustering.metric_sample,
         partitions=shuffle_partitions(config.synthesis.num_requests)), read=pool.clusters)

@@ -83,27 +83,27 @@ class ALMoSTRecipe:
             mined = run.stage(0, Mine(m, base, config.base_model, pool, heldout, config.seed, engines))
             responses = run.stage(0, ConfiguredResponses(config, demos, models, engines), read=mined)
             comparisons = run.stage(0, Comparisons(config.responses.tiers, config.reward.heldout,
-                                                   f"{config.seed}:rm-heldout", responses.manifest.rows,
+                                                   f"{config.seed}:rm-heldout",
                                                    prompts=mined.manifest.stats["accepted"]), read=responses)
             engines.keep_only({models[player.name], base})  # the player self-plays, the base answers the probe
             engines.before_training(base, config.reward_training)
             rm = run.stage(0, Train("reward", RM, config.reward_training,
                                     config.resources, model=base, seed=config.train.seed,
-                                    examples=[str(comparisons.path)], where=KEPT, heldout=HELDOUT), after=[comparisons])
+                                    examples=[comparisons], where=KEPT, heldout=HELDOUT))
             server = RewardServer(str(rm.path), DIALOGUE_TEMPLATE, config.reward.max_seq_len,
                                   label="round_000/reward")
             if config.reward.check_pairs:
                 pairs = sample_pairs(load_preferences(config.reward.check_pairs), config.reward.check_max_pairs,
                                      seed=config.seed)
-                run.stage(0, RewardCheck(server, engines, pairs), after=[rm])
+                run.stage(0, RewardCheck(server, engines, pairs))
             # round 1: RM-guided self-play -> SFT of the base model
             play = run.stage(1, SelfPlay(config.selfplay, player.name, models[player.name], demos[player.demos],
-                                         player.shots, server, engines, config.seed), read=mined, after=[rm])
+                                         player.shots, server, engines, config.seed), read=mined)
             rows = run.stage(1, Demonstrations(), read=play)
             engines.keep_only({base}, [server])
             engines.before_training(base, config.train)
             sft = run.stage(1, Train("sft", DEMONSTRATED, config.train, config.resources,
-                                     model=base, seed=config.train.seed, examples=[str(rows.path)]), after=[rows])
+                                     model=base, seed=config.train.seed, examples=[rows]))
             if heldout:
                 self.evaluate(config, run, engines, server, heldout=heldout, base=base, sft=sft,
                               player=(models[player.name], demos[player.demos], player.shots))
@@ -122,7 +122,7 @@ class ALMoSTRecipe:
         probe = run.stage(1, Sample("probe", [Share("base", base, 1, sampling, chat=False),
                                               Share("sft", str(sft.path), 1, sampling, chat=False)], engines,
                                     seed_salt=f"{config.seed}:probe", completion_template=DIALOGUE_TEMPLATE,
-                                    prompts=rows), after=[sft])
+                                    prompts=rows))
         model, demos, shots = player
         framed = [{**r, "query": r["prompt"],
                    "prompt": prompted(demos, shots, [{"role": "human", "text": r["prompt"]}])} for r in rows]
@@ -133,7 +133,7 @@ class ALMoSTRecipe:
         scored = run.stage(1, RewardScore(server, engines), read=probe)
         scored_prompted = run.stage(1, RewardScore(server, engines, name="eval_prompted", prompt_column="query"),
                                     read=probe_prompted)
-        run.stage(1, RewardEval([scored.path, scored_prompted.path], "sft"), after=[scored, scored_prompted])
+        run.stage(1, RewardEval([scored, scored_prompted], "sft"))
 
 
 ALMOST = ALMoSTRecipe()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from ray import serve
 
 from alma_ray.config import EngineConfig, ResourcesConfig
-from alma_ray.engine import SHUTDOWN_POLL_S, actor_remote_args
+from alma_ray.engines.build import SHUTDOWN_POLL_S, actor_remote_args
 
 
 def as_classifier(model: str) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class RewardScorer:
     """One vLLM engine scoring (prompt, response) rows with a reward model."""
 
     def __init__(self, model: str, *, template: str, max_seq_len: int, engine: EngineConfig, use_gpu: bool) -> None:
-        from alma_ray.engine import build_llm
+        from alma_ray.engines.build import build_llm
 
         self.template, self.max_seq_len = template, min(max_seq_len, engine.max_model_len)
         self.llm = build_llm(model, engine, use_gpu=use_gpu, runner="pooling", **as_classifier(model))
@@ -108,8 +108,20 @@ class RewardServer:
     max_seq_len: int
     label: str = ""
     max_batch_size: int = 64
+    kind: ClassVar[str] = "rm"
+    route: ClassVar[str | None] = None
 
-    def app(self, engine: EngineConfig, resources: ResourcesConfig) -> Any:
+    @property
+    def name(self) -> str:
+        return self.label or self.model
+
+    def loads(self) -> list[str]:
+        return [self.model]
+
+    def http_options(self) -> dict[str, Any]:
+        return {"host": "127.0.0.1"}
+
+    def build(self, engine: EngineConfig, resources: ResourcesConfig) -> Any:
         options = actor_remote_args(engine, use_gpu=resources.use_gpu, cpus=resources.cpus_per_engine)
         return RewardReplica.options(  # type: ignore[attr-defined]
             name="reward-model", num_replicas=resources.judge_engines, ray_actor_options=options,

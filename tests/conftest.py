@@ -91,7 +91,7 @@ class LocalHead:
 def ray_head(model_cache: Path) -> Any:
     """Start the head (the driver of every test joins it; `ray job submit` submits to it), stop it at the end.
     A Ray start costs 10-20 s on 2 cores, and two instances at once get workers OOM-killed: one per session.
-    Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.stages.engines), and the tiny
+    Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.engines), and the tiny
     preset's plan needs 5; engines and workers take turns on the 2 cores. The cluster has a temporary directory
     of its own, and only its processes are stopped at the end: a Ray the user started is left alone."""
     port, dashboard_port = _free_port(), _free_port()
@@ -110,7 +110,7 @@ def ray_head(model_cache: Path) -> Any:
         stop_cluster(temp_dir)
 
 
-def stop_cluster(temp_dir: Path, grace_s: float = 20) -> None:
+def stop_cluster(temp_dir: Path, grace_s: float = 5) -> None:
     """End the processes of the Ray cluster whose temporary directory is ``temp_dir`` (every Ray process names
     its session directory on its command line), SIGTERM then SIGKILL; other Rays on the host are untouched."""
     import psutil

@@ -53,7 +53,7 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
     from vllm import SamplingParams, TokensPrompt
 
     from alma_ray.demonstrations import TURN_STOP, load_demonstrations, prompted
-    from alma_ray.engine import build_llm
+    from alma_ray.engines.build import build_llm
     from alma_ray.ids import prompt_id, stable_seed
     from alma_ray.seeds import heldout_and_pool, load_seeds
     from alma_ray.stages.mine import STOP, mining_request
@@ -105,11 +105,11 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import ray.data
 
     from alma_ray.demonstrations import DIALOGUE_TEMPLATE, load_demonstrations
+    from alma_ray.engines.registry import Engines
     from alma_ray.ids import prompt_id
     from alma_ray.reward import RewardServer
     from alma_ray.seeds import heldout_and_pool, load_seeds
     from alma_ray.stages.configured import ConfiguredResponses
-    from alma_ray.stages.engines import Engines
     from alma_ray.stages.mine import Mine
     from alma_ray.stages.selfplay import SelfPlay
 
@@ -134,14 +134,15 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                              "filter_s": mined.stats["filter_s"],
                              "req_s": m.num_requests / mined.stats["busy_s"],
                              "end_to_end_req_s": m.num_requests / (time.time() - t0)}
-            stage = ConfiguredResponses(config, demos, {g.name: args.model for g in config.responses.grid}, engines)
+            stage = ConfiguredResponses(config.responses, config.seed, demos,
+                                        {g.name: args.model for g in config.responses.grid}, engines)
             t0 = time.time()
             grid = stage.write(ray.data.read_parquet(str(prompts)), _fresh(tmp / "responses"))
             wall = time.time() - t0
             out["grid"] = {"responses": grid.rows, "wall_s": wall, "busy_s": grid.stats["busy_s"],
                            "req_s": grid.rows / grid.stats["busy_s"], "end_to_end_req_s": grid.rows / wall}
             server = RewardServer(_random_rm(args.model, tmp / "rm"), DIALOGUE_TEMPLATE, 256, label="random-head")
-            engines.reward_app(server)
+            engines.app(server)
             player = config.player
             play = SelfPlay(config.selfplay, player.name, args.model, demos[player.demos], player.shots, server,
                             engines, config.seed)

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     import pyarrow.parquet as pq
 
     from alma_ray.config import AlmaConfig, load_config
+    from alma_ray.engines.registry import Engines
     from alma_ray.judge.annotations import accuracy_table
     from alma_ray.judge.serve import Panel
     from alma_ray.models.registry import resolve_model
@@ -49,11 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     from alma_ray.recipes.base import Run
     from alma_ray.runtime import init_ray
     from alma_ray.seeds import heldout_and_pool, load_seeds
-    from alma_ray.stages.engines import Engines
     from alma_ray.stages.judge_build import heldout_accuracy
     from alma_ray.stages.score import Score
     from alma_ray.store import RunStore
-    from alma_ray.train.objectives import JudgeRating
 
     config = load_config(args.run_dir / "config.yaml")
     if not isinstance(config, AlmaConfig):
@@ -68,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         pairs = run.stage(0, distill_pairs(config, engines, base=base, seed_prompts=pool, m=args.pairs,
                                            name="pairs"))
         scores = run.stage(0, Score(Panel.compare(config.judge, {"sft": sft}), engines, keep=False), read=pairs)
-        engines.before_training(sft, config.judge_training, logit_positions=JudgeRating.logit_positions)
         trained = {target: run.stage(0, distill(config, target, judge=sft, scores=scores, target=target,
+                                                engines=engines,
                                                 run_name=f"distill-{target}-{args.pairs}-{config.train.seed}"))
                    for target in TARGETS}
         held = [r for r in pq.read_table(r0 / "annotations").to_pylist() if r["split"] == "heldout"]

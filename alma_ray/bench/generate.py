@@ -57,7 +57,7 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     from vllm import SamplingParams, TokensPrompt
 
-    from alma_ray.engine import build_llm, prompt_ids, uses_chat_template
+    from alma_ray.engines.build import build_llm, prompt_ids, uses_chat_template
 
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,
                      threads=args.threads, pools=1)
@@ -82,8 +82,8 @@ def pipeline(args: argparse.Namespace, pools: int, out: Path) -> dict[str, Any]:
     import ray
     import ray.data
 
+    from alma_ray.engines.registry import Engines
     from alma_ray.progress import StageProgress
-    from alma_ray.stages.engines import Engines
     from alma_ray.stages.generate import generate_responses, mix
 
     t0 = time.time()
@@ -125,7 +125,7 @@ def ray_data_llm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import ray.data
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from alma_ray.engine import engine_env
+    from alma_ray.engines.build import engine_env
 
     t0 = time.time()
     config = _config(args.model, n=args.n, max_tokens=args.max_tokens, batch_size=args.batch_size,

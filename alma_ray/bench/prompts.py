@@ -77,7 +77,7 @@ def bare(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from vllm import SamplingParams, TokensPrompt
 
-    from alma_ray.engine import build_llm
+    from alma_ray.engines.build import build_llm
     from alma_ray.ids import stable_seed
     from alma_ray.stages.synthesize import STOP, fewshot_requests
 
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import ray.data
 
+    from alma_ray.engines.registry import Engines
     from alma_ray.progress import StageProgress
     from alma_ray.stages.cluster import assign_clusters, train_centroids
     from alma_ray.stages.embed import embed_prompts
-    from alma_ray.stages.engines import Engines
     from alma_ray.stages.synthesize import Synthesize
 
     config = _config(args.model, requests=args.requests, threads=args.threads)
@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pipeline: {args.requests} few-shot requests", file=sys.stderr)
             with StageProgress("synthesis", args.requests, show=False) as progress:
                 with Engines(config.engine, config.resources) as engines:
-                    Synthesize(config.synthesis, model=args.model, source=args.model, seeds=seeds, known=[],
-                               seed=config.seed, engines=engines,
-                               progress=progress.counter).transform(None).write_parquet(f"{tmp}/synth")
+                    stage = Synthesize(config.synthesis, model=args.model, source=args.model, seeds=seeds, known=[],
+                                       seed=config.seed, engines=engines)
+                    stage.progress = progress.counter
+                    stage.transform(None).write_parquet(f"{tmp}/synth")
             snap = progress.final
             synth_rps = args.requests / (snap["last_done"] - snap["first_start"])
             result.update(synth_requests_per_s=round(synth_rps, 2), bare_requests_per_s=round(b["requests_per_s"], 2),

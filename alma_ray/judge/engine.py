@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from alma_ray.config import EngineConfig
-from alma_ray.engine import build_llm, uses_chat_template
+from alma_ray.engines.build import build_llm, uses_chat_template
 from alma_ray.judge.rubric import SCORES, ScoreTokens, judge_prompt_ids, score_distribution
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from alma_ray.engine import format_prompt
+from alma_ray.engines.build import format_prompt
 
 JUDGE_TEMPLATE = """Please act as an impartial judge and evaluate the quality of the response provided by an \
 AI assistant to the user prompt displayed below. Your evaluation should consider factors such as the \

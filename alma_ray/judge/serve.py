@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from ray import serve
@@ -36,9 +36,9 @@ from ray.data import ActorPoolStrategy, Dataset
 from ray.serve.handle import DeploymentHandle
 
 from alma_ray.config import EngineConfig, JudgeConfig, ResourcesConfig
-from alma_ray.engine import SHUTDOWN_POLL_S, actor_remote_args
+from alma_ray.engines.apps import APP, JUDGE
+from alma_ray.engines.build import SHUTDOWN_POLL_S, actor_remote_args
 
-APP = "alma-judge"
 ROUTE = "/judge"
 
 
@@ -216,12 +216,24 @@ class Panel:
         build's evaluation and self-distillation scoring)."""
         return cls.of(judge, [ServedJudge(name, model, chat=judge.chat_template) for name, model in models.items()])
 
+    kind: ClassVar[str] = JUDGE
+    route: ClassVar[str | None] = ROUTE
+
     @property
     def name(self) -> str:
         """The ``judge`` lineage value: the model for one judge, else every judge's name, model and weight."""
         if len(self.judges) == 1:
             return self.judges[0].lineage
         return "ensemble(" + ",".join(f"{j.name}={j.lineage}*{j.weight:g}" for j in self.judges) + ")"
+
+    def loads(self) -> list[str]:
+        return [j.model for j in self.judges]
+
+    def http_options(self) -> dict[str, Any]:
+        return {"host": self.http_host, "port": self.http_port}
+
+    def build(self, engine: EngineConfig, resources: ResourcesConfig) -> Any:
+        return build_app(self, engine, resources)
 
 
 def build_app(panel: Panel, engine: EngineConfig, resources: ResourcesConfig) -> Any:

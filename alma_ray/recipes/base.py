@@ -12,7 +12,9 @@ logs one line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +22,11 @@ from typing import Any, Protocol
 import ray.data
 
 from alma_ray.config import AnyConfig
+from alma_ray.engines.apps import app_prefix
+from alma_ray.engines.registry import Engines
+from alma_ray.models.registry import resolve_model
 from alma_ray.placement import Plan
+from alma_ray.seeds import SeedSet, heldout_and_pool, load_seeds
 from alma_ray.stages.base import Stage
 from alma_ray.store import RunStore, StageOutput, StageResult, declared_reads, input_path, model_identity
 
@@ -78,6 +84,49 @@ class Run:
         rate = f", {m.stats['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in m.stats else ""
         self.log(f"[round {m.round}] {m.stage:<10} {m.rows:>7} rows  {state}{rate}  -> {result.path}")
         return result
+
+
+class SeedSection(Protocol):
+    """A section that names the run's seed prompts (ALMA's ``synthesis``, ALMoST's ``mining``)."""
+
+    seeds: list[str]
+    skip_bad_seed_lines: bool
+    max_seed_chars: int
+    heldout: int
+
+
+def seed_split(config: AnyConfig, section: SeedSection) -> tuple[SeedSet, list[str], list[str]]:
+    """The run's seed prompts (read and filtered) and their split: (seeds, held-out prompts, the rest). A
+    recipe's ``check`` and ``run`` read them the same way."""
+    seeds = load_seeds(section.seeds, skip_bad=section.skip_bad_seed_lines, max_chars=section.max_seed_chars)
+    heldout, rest = heldout_and_pool(seeds.prompts, heldout=section.heldout, seed=config.seed)
+    return seeds, heldout, rest
+
+
+@dataclass
+class Started:
+    """What every recipe's ``run`` starts from: the run's handle, its engines, the base model's folder, the seed
+    prompts and their split (``seed_split``)."""
+
+    run: Run
+    engines: Engines
+    base: str
+    seeds: SeedSet
+    heldout: list[str]
+    rest: list[str]
+
+
+@contextlib.contextmanager
+def start(config: AnyConfig, store: RunStore, log: Log, section: SeedSection) -> Iterator[Started]:
+    """The prologue of a recipe's ``run``: the run's handle on ``store``, the base model (prepared on first use),
+    the seeds and the run's engines (ended as the block ends); the run's wall time is recorded in its summary."""
+    started = time.time()
+    run = Run(store, log)
+    base = resolve_model(config.base_model)
+    seeds, heldout, rest = seed_split(config, section)
+    with Engines(config.engine, config.resources, log=log, prefix=app_prefix(store.run_dir)) as engines:
+        yield Started(run, engines, base, seeds, heldout, rest)
+    run.summary.wall_s = time.time() - started
 
 
 class Recipe(Protocol):

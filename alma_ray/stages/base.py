@@ -17,10 +17,12 @@ does only the rest; every row's seed comes from its lineage, so the result equal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +35,7 @@ from ray.data import Dataset
 from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 
 from alma_ray.errors import EmptyStageError, StageInputError
+from alma_ray.progress import StageProgress, busy_window
 from alma_ray.store import StageOutput, StageResult, atomic_write_text, input_path
 
 Tally = Callable[[pa.Table], Any]
@@ -59,6 +62,14 @@ class Stage:
 
     input_rows: int | None = None
     """Rows of the input stage (set by ``bind``: progress totals, shuffle partitions)."""
+    shows_progress: ClassVar[bool] = False
+    """Draw a progress bar with ETA while writing (the long stages: their engines report to ``progress``)."""
+    progress: Any = None
+    """The ``ProgressCounter`` the stage's engines report to while it writes (``progress_bar`` sets it)."""
+    started: float = 0.0
+    """When the stage began writing."""
+    busy_s: float | None = None
+    """Seconds from the first engine's first batch to the last's (``progress.busy_window``), once written."""
 
     def bind(self, input_dir: Path | None, part_rows: int | None, input_rows: int | None = None) -> None:
         """Where the input's rows are, how many there are and how many rows a file (and a part) holds: the run
@@ -104,10 +115,32 @@ class Stage:
         """The figures recorded in the manifest, from the write tasks' ``tally`` results (``rows`` rows)."""
         return {}
 
+    def progress_total(self) -> int | None:
+        """What the progress bar counts to (rows, requests); None: no total, no ETA."""
+        return self.input_rows
+
+    @contextlib.contextmanager
+    def progress_bar(self) -> Iterator[dict[str, Any]]:
+        """A progress bar with ETA for the block (its counter in ``progress``, for the engines to report to); yields
+        the figures the counter ends with, filled in as the block ends; ``busy_s`` is set from them."""
+        final: dict[str, Any] = {}
+        with StageProgress(self.name, self.progress_total()) as bar:
+            self.progress = bar.counter
+            yield final
+        final.update(bar.final)
+        self.busy_s = busy_window(bar.final)
+
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
-        """Write the stage's output into ``out``; the default writes ``transform(data)`` as parquet."""
-        rows, tallies = self.write_output(data, out)
-        return self.counted(rows, tallies)
+        """Write the stage's output into ``out``; the default writes ``transform(data)`` as parquet, under a
+        progress bar when the stage ``shows_progress`` (its busy window and steady tokens/s then recorded)."""
+        self.started = time.time()
+        if not self.shows_progress:
+            rows, tallies = self.write_output(data, out)
+            return self.counted(rows, tallies)
+        with self.progress_bar() as final:
+            rows, tallies = self.write_output(data, out)
+        steady = {"steady_tok_s": final["steady_tok_s"]} if final.get("tokens") else {}
+        return self.counted(rows, tallies, busy_s=self.busy_s, **steady)
 
     def counted(self, rows: int, tallies: Iterable[Any] = (), **figures: Any) -> StageOutput:
         """``rows`` written, refused when there are none, with the stage's ``figures`` and those computed while

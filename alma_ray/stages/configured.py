@@ -8,8 +8,7 @@ configuration of a model in one stream). The rule filter marks each response wit
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,14 +16,13 @@ import pandas as pd
 import pyarrow as pa
 from ray.data import Dataset
 
-from alma_ray.config import RESPONSE_RULES, AlmostConfig, GridEntry
+from alma_ray.config import RESPONSE_RULES, GridEntry, ResponsesConfig
 from alma_ray.demonstrations import ASSISTANT, HUMAN, TURN_STOP, Dialogue, prompted
+from alma_ray.engines.registry import Engines
+from alma_ray.engines.sampler import TOO_LONG
 from alma_ray.ids import prompt_id
-from alma_ray.progress import StageProgress, busy_window
 from alma_ray.stages.base import Stage
-from alma_ray.stages.engines import TOO_LONG, Engines
 from alma_ray.stages.generate import Share, sample_pool
-from alma_ray.store import StageOutput
 
 RULES = RESPONSE_RULES
 """ALMoST's rules, in the order they are checked (a response is counted under the first it breaks)."""
@@ -97,7 +95,8 @@ def rule_tally(table: pa.Table) -> dict[str, dict[str, int]]:
 class ConfiguredResponses(Stage):
     """One response per accepted mined prompt (``reject == ''``) from every grid configuration, with its rule."""
 
-    config: AlmostConfig
+    cfg: ResponsesConfig
+    seed: int
     demos: dict[str, list[Dialogue]]
     models: dict[str, str]
     """Grid entry name -> model folder."""
@@ -107,15 +106,14 @@ class ConfiguredResponses(Stage):
     empty_hint: str = "no mined prompt was accepted: raise mining.num_requests or see the mined stage's filters"
     tally = staticmethod(rule_tally)
     resumable = True
-    progress: Any = field(default=None, repr=False)
-    """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+    shows_progress = True
 
     def loads(self) -> list[str]:
         return sorted(set(self.models.values()))
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
-        cfg = self.config.responses
+        cfg = self.cfg
         accepted = data.filter(expr="reject == ''")
         sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=TURN_STOP)
         streams = []
@@ -129,19 +127,15 @@ class ConfiguredResponses(Stage):
                                                            label=label))
             share = Share(label, folder, 1, sampling, chat=False)
             streams.append(sample_pool(requests, share, engines=self.engines, completion_template="{prompt}",
-                                       too_long="skip", seed_salt=f"{self.config.seed}:responses",
+                                       too_long="skip", seed_salt=f"{self.seed}:responses",
                                        pool_size=self.engines.resources.engines_per_checkpoint,
                                        progress=self.progress))
         rows = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
         return rows.map_batches(finish_rows, batch_format="pandas",  # type: ignore[arg-type]
                                 fn_kwargs=dict(min_chars=cfg.min_chars, rules=tuple(cfg.rules)))
 
-    def write(self, data: Dataset | None, out: Path) -> StageOutput:
-        with StageProgress(self.name, None) as progress:
-            self.progress = progress.counter
-            result = super().write(data, out)
-        result.stats["busy_s"] = busy_window(progress.final)
-        return result
+    def progress_total(self) -> int | None:
+        return None  # the rules decide how many rows an accepted prompt yields
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         per: dict[str, dict[str, int]] = {}

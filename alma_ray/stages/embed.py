@@ -23,7 +23,7 @@ import numpy as np
 from ray.data import ActorPoolStrategy, Dataset
 
 from alma_ray.config import EmbeddingConfig, EngineConfig, ResourcesConfig
-from alma_ray.engine import actor_remote_args, build_llm
+from alma_ray.engines.build import actor_remote_args, build_llm
 from alma_ray.stages.base import Stage
 from alma_ray.store import StageOutput
 

@@ -1,6 +1,6 @@
 """Sampling through vLLM actor pools: one pool per checkpoint, N samples per prompt in one request.
 
-``SamplingEngine`` (``alma_ray.stages.engines``) holds one vLLM engine in a long-lived Ray actor (the run's
+``SamplingEngine`` (``alma_ray.engines.sampler``) holds one vLLM engine in a long-lived Ray actor (the run's
 ``Engines`` keep a pool of them per model, shared by every stage that samples it); light Ray Data tasks stream
 batches to it (``_sample_batch``). ``mix`` splits the N
 samples of a prompt across checkpoints (``Share``); ``generate_responses`` feeds every share from one prompt stream
@@ -11,8 +11,7 @@ distill pairs).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,11 +20,11 @@ import ray.data
 from ray.data import Dataset
 
 from alma_ray.config import GenerationConfig
+from alma_ray.engines.registry import Engines
+from alma_ray.engines.sampler import TOO_LONG, SampleRequest
 from alma_ray.ids import stable_seed
-from alma_ray.progress import StageProgress, busy_window
 from alma_ray.stages.base import Stage
-from alma_ray.stages.engines import TOO_LONG, Engines, SampleRequest
-from alma_ray.store import StageOutput, text_digest
+from alma_ray.store import text_digest
 
 
 def split_samples(n: int, weights: list[float]) -> list[int]:
@@ -137,9 +136,7 @@ class Sample(Stage):
     empty_hint: str = "no prompts reached the engines: check the input stage"
     tally = staticmethod(sampling_tally)
     resumable = True
-    _started: float = field(default=0.0, repr=False)
-    progress: Any = field(default=None, repr=False)
-    """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+    shows_progress = True
 
     def loads(self) -> list[str]:
         return [s.model for s in self.shares]
@@ -155,17 +152,11 @@ class Sample(Stage):
                                   completion_template=self.completion_template, too_long=self.too_long,
                                   seed_salt=self.seed_salt, pool_size=self.pool_size, progress=self.progress)
 
-    def write(self, data: Dataset | None, out: Path) -> StageOutput:
+    def progress_total(self) -> int | None:
         rows = len(self.prompts) if self.prompts is not None else self.input_rows
-        self._started = time.time()
-        with StageProgress(self.name, None if rows is None else rows * sum(s.n for s in self.shares)) as progress:
-            self.progress = progress.counter
-            result = super().write(data, out)
-        result.stats["steady_tok_s"] = progress.final.get("steady_tok_s")
-        result.stats["busy_s"] = busy_window(progress.final)
-        return result
+        return None if rows is None else rows * sum(s.n for s in self.shares)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         stats = generation_stats(tallies)
-        return {**stats, "tokens_per_s": stats["output_tokens"] / max(time.time() - self._started, 1e-9),
+        return {**stats, "tokens_per_s": stats["output_tokens"] / max(time.time() - self.started, 1e-9),
                 "checkpoints": {s.checkpoint: s.model for s in self.shares}}

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from alma_ray.config import JudgeBuildConfig, JudgeConfig
+from alma_ray.engines.registry import Engines
 from alma_ray.judge.annotations import (
     DEMO,
     LONGER,
@@ -37,7 +38,6 @@ from alma_ray.judge.annotations import (
 from alma_ray.judge.cache import META, copy_judge
 from alma_ray.judge.serve import Panel, score_dataset
 from alma_ray.stages.base import Stage, write_pylist
-from alma_ray.stages.engines import Engines
 from alma_ray.store import StageOutput, file_digest, text_digest
 from alma_ray.train.data import one_hot_ratings
 
@@ -108,10 +108,10 @@ def pairs_accuracy(panel: Panel, pairs: list[dict[str, Any]], engines: Engines, 
     try:  # preference sets are small enough to collect
         scored = score_dataset(ray.data.from_items([{"prompt": p, "response": r} for p, r in texts]),
                                batch_size=panel.max_batch_size, resources=engines.resources,
-                               app=engines.judge_app(panel)).take_all()
+                               app=engines.app(panel)).take_all()
     finally:
         if not keep:
-            engines.stop_judge(panel)
+            engines.stop_app(panel)
     lookup = {(r["prompt"], r["response"]): r for r in scored}
     columns = [(j.name, kind, key) for j in panel.judges
                for kind, key in (("integer", "member_score_ints"), ("real-valued", "member_scores"))]

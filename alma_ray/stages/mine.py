@@ -27,11 +27,11 @@ import pyarrow.parquet as pq
 import ray.data
 
 from alma_ray.config import MiningConfig
+from alma_ray.engines.registry import Engines
+from alma_ray.engines.sampler import TOO_LONG
 from alma_ray.ids import prompt_id, stable_seed
-from alma_ray.progress import StageProgress, busy_window
 from alma_ray.rouge import RougeIndex
 from alma_ray.stages.base import Stage, range_parts
-from alma_ray.stages.engines import TOO_LONG, Engines
 from alma_ray.stages.generate import Share, sample_pool
 from alma_ray.store import StageOutput, atomic_write_text, text_digest
 
@@ -94,6 +94,9 @@ class Mine(Stage):
     def sources(self) -> dict[str, str]:
         return {"seed_prompts": text_digest(self.seeds, self.heldout)}
 
+    def progress_total(self) -> int | None:
+        return self.cfg.num_requests
+
     def write(self, data: Any, out: Path) -> StageOutput:
         cfg, salt = self.cfg, f"{self.seed}:mining"
         index = RougeIndex(cfg.rouge_threshold, reference=[*self.seeds, *self.heldout])
@@ -107,7 +110,7 @@ class Mine(Stage):
         started, compared, filtering = time.time(), 0, 0.0
         for stale in out.glob(".w*.tmp-*"):  # a wave a killed attempt was writing
             stale.unlink()
-        with StageProgress(self.name, cfg.num_requests) as progress:
+        with self.progress_bar():
             for wave in range_parts(cfg.num_requests, cfg.wave):
                 marker, file = out / f"_WAVE-{wave.index:05d}.json", out / f"w{wave.index:05d}.parquet"
                 fresh = not marker.exists()
@@ -118,7 +121,7 @@ class Mine(Stage):
                     completions = sample_pool(
                         ray.data.from_items(requests), share, engines=self.engines, completion_template="{prompt}",
                         too_long="skip", seed_salt=salt, pool_size=self.engines.resources.engines_per_checkpoint,
-                        progress=progress.counter).to_pandas().sort_values("request_index")
+                        progress=self.progress).to_pandas().sort_values("request_index")
                     rows, t0 = [], time.time()
                     for r in completions.itertuples():
                         text = clean(str(r.response))
@@ -147,8 +150,7 @@ class Mine(Stage):
                             index.add(row["prompt"])
                             known.add(prompt_id(row["prompt"]))
                         accepted.append(row["prompt"])
-        busy = busy_window(progress.final)
         return self.counted(sum(counts.values()), filters={k: counts.get(k, 0) for k in [*FILTERS, "accepted"]},
                             accepted=counts.get("accepted", 0), seeds=len(self.seeds),
                             rouge_scored=index.scored, rouge_all_pairs=compared,
-                            busy_s=busy, filter_s=filtering, wall_mining_s=time.time() - started)
+                            busy_s=self.busy_s, filter_s=filtering, wall_mining_s=time.time() - started)

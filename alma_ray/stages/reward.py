@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import ray.data
 from ray.data import Dataset
 
+from alma_ray.engines.registry import Engines
 from alma_ray.ids import stable_seed
 from alma_ray.judge.annotations import pairwise_accuracy
 from alma_ray.reward import RewardServer, reward_scores, score_batch
 from alma_ray.stages.base import Stage, write_pylist
-from alma_ray.stages.engines import Engines
 from alma_ray.stages.evaluate import win_rate
 from alma_ray.store import StageOutput, StageResult, input_path, text_digest
 
@@ -60,7 +60,7 @@ class RewardCheck(Stage):
         return {"pairs": text_digest(self.pairs)}
 
     def transform(self, data: Dataset | None) -> Dataset:
-        app = self.engines.reward_app(self.server)
+        app = self.engines.app(self.server)
         return ray.data.from_items(self.pairs).map_batches(_pair_rewards,  # type: ignore[arg-type]
                                                            batch_size=64, num_cpus=0, fn_kwargs=dict(app=app))
 
@@ -93,7 +93,7 @@ class RewardScore(Stage):
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
         return data.map_batches(score_batch, batch_size=64, num_cpus=0,  # type: ignore[arg-type]
-                                fn_kwargs=dict(app=self.engines.reward_app(self.server), label=self.server.label,
+                                fn_kwargs=dict(app=self.engines.app(self.server), label=self.server.label,
                                                prompt_column=self.prompt_column))
 
 

@@ -8,16 +8,15 @@ streams the rows through it from Ray Data. Rows the judge cannot score come back
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.data import Dataset
 
+from alma_ray.engines.registry import Engines
 from alma_ray.judge.serve import Panel, score_dataset
-from alma_ray.progress import StageProgress, busy_window
 from alma_ray.stages.base import Stage
-from alma_ray.stages.engines import Engines
 from alma_ray.store import StageOutput
 
 
@@ -43,7 +42,7 @@ class Score(Stage):
     needs: tuple[str, ...] = ("prompt", "response")
     tally = staticmethod(score_tally)
     resumable = True
-    _progress: Any = field(default=None, repr=False)
+    shows_progress = True
 
     def loads(self) -> list[str]:
         return [j.model for j in self.panel.judges]
@@ -51,18 +50,14 @@ class Score(Stage):
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
         return score_dataset(data, batch_size=self.panel.max_batch_size, resources=self.engines.resources,
-                             app=self.engines.judge_app(self.panel), progress=self._progress)
+                             app=self.engines.app(self.panel), progress=self.progress)
 
     def write(self, data: Dataset | None, out: Path) -> StageOutput:
         try:
-            with StageProgress(self.name, self.input_rows) as progress:
-                self._progress = progress.counter
-                result = super().write(data, out)
-            result.stats["busy_s"] = busy_window(progress.final)
-            return result
+            return super().write(data, out)
         finally:
             if not self.keep:
-                self.engines.stop_judge(self.panel)
+                self.engines.stop_app(self.panel)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         """The mean score, the flagged rows, the scored responses' mean length in characters and the Pearson

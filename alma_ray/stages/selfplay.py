@@ -18,8 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,12 +30,12 @@ from ray.data import Dataset
 
 from alma_ray.config import SelfPlayConfig
 from alma_ray.demonstrations import ASSISTANT, HUMAN, TURN_STOP, USER_STOP, Dialogue, as_prompt, prompted
+from alma_ray.engines.registry import Engines
+from alma_ray.engines.sampler import SampleRequest
 from alma_ray.ids import stable_seed
-from alma_ray.progress import StageProgress, busy_window
 from alma_ray.reward import RewardServer, reward_scores
 from alma_ray.stages.base import Stage
-from alma_ray.stages.engines import Engines, SampleRequest
-from alma_ray.store import StageOutput, input_path
+from alma_ray.store import input_path
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class SelfPlay(Stage):
     needs: tuple[str, ...] = ("prompt", "prompt_id", "reject", "source")
     empty_hint: str = "no mined prompt was accepted: raise mining.num_requests"
     tally = staticmethod(selfplay_tally)
-    _progress: Any = field(default=None, repr=False)
+    shows_progress = True
 
     def loads(self) -> list[str]:
         return [self.model, self.server.model]
@@ -177,14 +176,14 @@ class SelfPlay(Stage):
         player = Player(
             engines=self.engines.samplers(self.model, self.engines.resources.engines_per_checkpoint,
                                           keep=[self.server]),  # on CPU, room for the one is not made from the other
-            demos=self.demos, shots=self.shots, reward_app=self.engines.reward_app(self.server, keep=[self.model]),
+            demos=self.demos, shots=self.shots, reward_app=self.engines.app(self.server, keep=[self.model]),
             assistant=SampleRequest(self.player, cfg.k, dict(temperature=cfg.temperature, top_p=cfg.top_p,
                                                              max_tokens=cfg.max_tokens, stop=TURN_STOP),
                                     False, "{prompt}", salt, model=self.model),
             user=SampleRequest(f"{self.player}:user", 1, dict(temperature=cfg.temperature, top_p=cfg.top_p,
                                                               max_tokens=cfg.user_max_tokens, stop=USER_STOP),
                                False, "{prompt}", salt, model=self.model),
-            progress=self._progress)
+            progress=self.progress)
         ds = prompts.map_batches(_start, batch_size=self.engines.engine.batch_size, num_cpus=0)
         for turn in range(cfg.turns):
             if turn:
@@ -195,12 +194,8 @@ class SelfPlay(Stage):
         return ds.map_batches(_finish, batch_format="pandas",  # type: ignore[arg-type]
                               fn_kwargs=dict(turns=cfg.turns, player=self.player, reward_model=self.server.label))
 
-    def write(self, data: Any, out: Path) -> StageOutput:
-        with StageProgress(self.name, None) as progress:
-            self._progress = progress.counter
-            result = super().write(data, out)
-        result.stats["busy_s"] = busy_window(progress.final)
-        return result
+    def progress_total(self) -> int | None:
+        return None  # dialogues end at different turns
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         ended: dict[str, int] = {}

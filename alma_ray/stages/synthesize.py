@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,12 +21,11 @@ import ray.data
 from ray.data import Dataset
 
 from alma_ray.config import SynthesisConfig
+from alma_ray.engines.registry import Engines
 from alma_ray.ids import prompt_id, stable_seed
-from alma_ray.progress import StageProgress, busy_window
 from alma_ray.stages.base import Part, Stage, range_parts
-from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Share, sample_pool
-from alma_ray.store import StageOutput, text_digest
+from alma_ray.store import text_digest
 
 HEADER = "Below are requests that users sent to a helpful AI assistant.\n\n"
 SLOT = "Request:"
@@ -120,9 +118,7 @@ class Synthesize(Stage):
     empty_hint: str = "raise synthesis.num_requests"
     tally = staticmethod(reject_tally)
     resumable = True
-    _window: float = field(default=0.0, repr=False)
-    progress: Any = field(default=None, repr=False)
-    """The ``ProgressCounter`` the engine actors report to (``write`` sets its own)."""
+    shows_progress = True
 
     def loads(self) -> list[str]:
         return [self.model]
@@ -155,14 +151,10 @@ class Synthesize(Stage):
                            max_chars=syn.max_chars, keep_cut_off=syn.keep_cut_off, source=f"synth:{self.source}"),
             batch_format="pandas")
 
-    def write(self, data: Dataset | None, out: Path) -> StageOutput:
-        with StageProgress(self.name, self.syn.num_requests) as progress:
-            self.progress = progress.counter
-            rows, tallies = self.write_output(data, out)
-        self._window = busy_window(progress.final) or 0.0
-        return self.counted(rows, tallies, busy_s=self._window or None)
+    def progress_total(self) -> int | None:
+        return self.syn.num_requests
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
         return {"filters": filter_counts(tallies), "fewshot_seeds": len(self.seeds),
                 "seed_bad_lines_skipped": self.seed_bad_lines,
-                "steady_requests_per_s": self.syn.num_requests / self._window if self._window > 0 else None}
+                "steady_requests_per_s": self.syn.num_requests / self.busy_s if self.busy_s else None}

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from alma_ray.config import ResourcesConfig, TrainConfig
+from alma_ray.engines.registry import Engines
 from alma_ray.stages.base import Stage
 from alma_ray.store import StageOutput, StageResult
 from alma_ray.train.data import Examples, read_examples
@@ -40,6 +41,8 @@ class Train(Stage):
     reward model's ``heldout_pair_accuracy``); none matching: no evaluation."""
 
     made_from: list[StageResult] = field(default_factory=list)
+    engines: Engines | None = None
+    """The run's engines: asked for room when the stage runs (a stage skipped as done asks nothing)."""
 
     def reads(self) -> list[StageResult]:
         return [*(self.examples if isinstance(self.examples, list) else []), *self.made_from]
@@ -54,6 +57,9 @@ class Train(Stage):
         return self.examples
 
     def write(self, data: Any, out: Path) -> StageOutput:
+        if self.engines is not None:
+            self.engines.before_training(self.model, self.train, sequences=self.objective.sequences,
+                                         logit_positions=self.objective.logit_positions)
         rows = self.rows()
         heldout = self.rows(self.heldout) if self.heldout else None
         if isinstance(heldout, pa.Table) and heldout.num_rows == 0:

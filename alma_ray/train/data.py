@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from alma_ray.engine import prompt_ids, uses_chat_template
+from alma_ray.engines.build import prompt_ids, uses_chat_template
 from alma_ray.store import input_path
 from alma_ray.train.losses import IGNORE
 

@@ -53,6 +53,10 @@ class Objective:
 
     name: ClassVar[str] = ""
     columns: ClassVar[tuple[str, ...]] = ()
+    sequences: ClassVar[int] = 1
+    """Sequences a row puts through the model (a training's memory: ``alma_ray.placement.training_bytes``)."""
+    logit_positions: ClassVar[int | None] = None
+    """Positions a row's loss reads logits at (None: every one)."""
 
     def check(self, examples: Examples) -> None:
         have = examples.column_names if isinstance(examples, pa.Table) else examples.columns()
@@ -148,6 +152,7 @@ class DPO(_Pairs):
     beta: float = 0.1
     precompute: bool = True
     """Reference log-probs in a Ray Data pass before training (True) or in every step (False)."""
+    sequences: ClassVar[int] = 2  # chosen and rejected
     reference: str | None = None
     """The frozen reference's folder; None: the model being trained (the usual choice)."""
 
@@ -233,7 +238,7 @@ class Reward(_Pairs):
 class JudgeRating(Objective):
     name: ClassVar[str] = "judge"
     columns: ClassVar[tuple[str, ...]] = ("prompt", "response", "target")
-    logit_positions: ClassVar[int] = 2
+    logit_positions: ClassVar[int | None] = 2
     """Positions a row's loss reads logits at: the rating slot and the slot after a "1"."""
     chat: bool | None = None
     max_response_chars: int = 4000

@@ -17,7 +17,7 @@ def test_prepare_both_and_generate_with_vllm(monkeypatch: pytest.MonkeyPatch) ->
     import gguf
 
     from alma_ray.config import EngineConfig
-    from alma_ray.engine import build_llm
+    from alma_ray.engines.build import build_llm
 
     parsed: list[str] = []
     reader = gguf.GGUFReader

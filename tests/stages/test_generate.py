@@ -72,8 +72,8 @@ def _prompts(count: int, long_every: int = 0) -> Any:
 
 def _run(config: AlmaConfig, prompts: Any, out: Path, progress: Any = None, engines: Any = None) -> pd.DataFrame:
     """Sample the prompts through the engines given (a test's shared set) or a set of its own."""
+    from alma_ray.engines.registry import Engines
     from alma_ray.stages.base import write_rows
-    from alma_ray.stages.engines import Engines
 
     if engines is None:
         with Engines(config.engine, config.resources) as own:
@@ -102,7 +102,7 @@ def _assert_exactly_once(df: pd.DataFrame, prompts: int) -> None:
 def test_two_checkpoints_rows_lineage_and_too_long_prompts(tiny_model: str, tmp_path: Path) -> None:
     """Both policies for prompts too long for the engine, through one set of engines (the pool of a model is kept
     for the next stage that samples it, as a run's stages share it)."""
-    from alma_ray.stages.engines import Engines
+    from alma_ray.engines.registry import Engines
 
     config = _config(tiny_model, too_long="skip")
     with Engines(config.engine, config.resources) as engines:
@@ -134,8 +134,8 @@ def test_a_killed_engine_actor_loses_and_duplicates_nothing(tiny_model: str, tmp
     import ray
     from ray.util.state import get_actor
 
+    from alma_ray.engines.registry import Engines
     from alma_ray.progress import StageProgress
-    from alma_ray.stages.engines import Engines
 
     prompts = 40
     config = _config(tiny_model, too_long="skip", batch_size=2, max_tokens=48, engines=2)

@@ -38,8 +38,8 @@ def test_filters_hand_worked(text: str, finish: str, reason: str) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_waves_grow_the_pool_and_a_killed_stage_resumes_the_same(tiny_model: str, tmp_path: Path) -> None:
+    from alma_ray.engines.registry import Engines
     from alma_ray.seeds import load_seeds
-    from alma_ray.stages.engines import Engines
 
     seeds = load_seeds(["embedded:tiny"]).prompts
     cfg = MiningConfig(num_requests=12, wave=4, shots=4, max_tokens=16, min_chars=4, keep_cut_off=True)

@@ -51,7 +51,7 @@ def test_zero2_and_zero3_agree_and_the_model_reloads_in_vllm(tiny_model: str, tm
     from transformers import AutoModelForCausalLM
     from vllm import SamplingParams, TokensPrompt
 
-    from alma_ray.engine import build_llm
+    from alma_ray.engines.build import build_llm
 
     rows = [{"prompt": f"say {w}", "response": f"{w} {w} {w}"} for w in WORDS]
     configs = {stage: _config(tiny_model, stage) for stage in (2, 3)}

@@ -9,11 +9,11 @@ Every stage is committed to the run directory (alma_ray.store) and skipped when 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig, names_run_model
+from alma_ray.engines.registry import Engines
 from alma_ray.errors import AlmaError
 from alma_ray.ids import prompt_id
 from alma_ray.judge.annotations import DEMO, accuracy_table, load_annotations
@@ -25,10 +25,8 @@ from alma_ray.recipes.alma import report
 from alma_ray.recipes.alma.judge import build_judge
 from alma_ray.recipes.alma.plan import plan
 from alma_ray.recipes.alma.pool import PromptPool, build_pool, draw, synthesize
-from alma_ray.recipes.base import Log, Run, RunSummary
+from alma_ray.recipes.base import Log, Run, RunSummary, seed_split, start
 from alma_ray.seed_sft import load_seed_sft
-from alma_ray.seeds import heldout_and_pool, load_seeds
-from alma_ray.stages.engines import Engines, judge_app_name
 from alma_ray.stages.evaluate import Evals, EvalSummary
 from alma_ray.stages.generate import Sample, Share, mix
 from alma_ray.stages.judge_build import JudgeGate
@@ -114,9 +112,7 @@ class ALMARecipe:
         if held > config.rounds:
             raise StoreError(f"{config.run_dir} already holds {held} rounds and rounds={config.rounds}: a run "
                              f"only extends; give rounds={held} or more, or another name=...")
-        seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
-                           max_chars=config.synthesis.max_seed_chars)
-        heldout, _ = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
+        _, heldout, _ = seed_split(config, config.synthesis)
         build = config.judge.build
         if build is not None and build.annotations != DEMO:
             load_annotations(build.annotations)
@@ -126,18 +122,14 @@ class ALMARecipe:
             load_preferences(config.judge.gate_pairs)
 
     def run(self, config: AlmaConfig, store: RunStore, log: Log = print) -> RunSummary:
-        started = time.time()
-        run = Run(store, log)
-        base = resolve_model(config.base_model)
-        seeds = load_seeds(config.synthesis.seeds, skip_bad=config.synthesis.skip_bad_seed_lines,
-                           max_chars=config.synthesis.max_seed_chars)
-        heldout, fewshot = heldout_and_pool(seeds.prompts, heldout=config.synthesis.heldout, seed=config.seed)
-        log(f"seeds: {len(seeds.prompts)} prompts ({len(fewshot)} few-shot pool, {len(heldout)} held out); "
-            f"skipped: {seeds.skipped_bad_lines} bad lines, {seeds.skipped_too_long} over synthesis.max_seed_chars, "
-            f"{seeds.skipped_other} duplicates or non-English")
-        judges = {m.name: ServedJudge(m.name, resolve_model(m.model), m.weight, m.chat_template, label=m.model)
-                  for m in config.judge.members}
-        with Engines(config.engine, config.resources, log=log, app=judge_app_name(store.run_dir)) as engines:
+        with start(config, store, log, config.synthesis) as started:
+            run, engines, base, seeds = started.run, started.engines, started.base, started.seeds
+            heldout, fewshot = started.heldout, started.rest
+            log(f"seeds: {len(seeds.prompts)} prompts ({len(fewshot)} few-shot pool, {len(heldout)} held out); "
+                f"skipped: {seeds.skipped_bad_lines} bad lines, {seeds.skipped_too_long} over "
+                f"synthesis.max_seed_chars, {seeds.skipped_other} duplicates or non-English")
+            judges = {m.name: ServedJudge(m.name, resolve_model(m.model), m.weight, m.chat_template, label=m.model)
+                      for m in config.judge.members}
             if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
                 main = judges[config.judge.name]
                 built = build_judge(config, run, engines, base=base, judge_start=main.model, seed_prompts=fewshot)
@@ -167,8 +159,7 @@ class ALMARecipe:
                            trained=trained, heldout=heldout)
                 log(f"[round {r}] report -> {report.write_round(store.path(r, ''))}, "
                     f"{report.write_rounds(store.run_dir)}")
-        run.summary.wall_s = time.time() - started
-        return run.summary
+        return started.run.summary
 
     def round(self, config: AlmaConfig, run: Run, engines: Engines, r: int, *, pool: PromptPool, panel: Panel,
               base: str, fixed: dict[str, str], trained: Trained, heldout: list[str]) -> None:
@@ -194,10 +185,9 @@ class ALMARecipe:
                 done = run.stage(r, SelectPairs(train.dpo_rejected, f"{config.seed}:{r}:pairs", prompts=prompts),
                                  read=scores)
                 trained.pairs.append(done)
-                engines.before_training(trained.round_one[0], train, pairs=True)
                 dpo = run.stage(r, Train("dpo", DPO.of(train, completion_template=gen.completion_template), train,
                                          config.resources, model=trained.round_one[0], seed=train.seed,
-                                         examples=list(trained.pairs)))
+                                         examples=list(trained.pairs), engines=engines))
                 trained.latest = str(dpo.path)
                 self.evaluate(config, run, engines, r, model=trained.latest, label=f"round_{r:03d}/dpo",
                               panel=panel, heldout=heldout, trained=trained)
@@ -206,9 +196,9 @@ class ALMARecipe:
             trained.selected.append(done)
             examples = list(trained.selected)
         init = base if train.init == "base" or trained.latest is None else trained.latest
-        engines.before_training(init, train)
         sft = [run.stage(r, Train("sft" if k == 0 else f"sft_seed{k}", SFT(gen.completion_template), train,
-                                  config.resources, model=init, seed=train.seed + k, examples=examples))
+                                  config.resources, model=init, seed=train.seed + k, examples=examples,
+                                  engines=engines))
                for k in range(train.round_one_seeds if r == 1 else 1)]
         trained.latest = str(sft[0].path)
         if r == 1:

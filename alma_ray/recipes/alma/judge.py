@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alma_ray.config import AlmaConfig, Checkpoint
+from alma_ray.engines.registry import Engines
 from alma_ray.ids import prompt_id
 from alma_ray.judge import cache
 from alma_ray.judge.serve import Panel
 from alma_ray.recipes.base import Run
-from alma_ray.stages.engines import Engines
 from alma_ray.stages.generate import Sample, Share
 from alma_ray.stages.judge_build import Annotations, HeldoutAccuracy, ReusedJudge, distill_rows
 from alma_ray.stages.score import Score
@@ -68,18 +68,16 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
     train_rows = [r for r in table if r["split"] == "train"]
     examples = pa.Table.from_pylist([{"prompt": r["prompt"], "response": r["response"], "target": t.tolist()}
                                      for r, t in zip(train_rows, one_hot_ratings(r["score"] for r in train_rows))])
-    engines.before_training(judge_start, config.judge_training, logit_positions=JudgeRating.logit_positions)
     sft = run.stage(ROUND, judge_training(config, "judge_sft", model=judge_start, examples=examples,
-                                          made_from=[annotations]))
+                                          made_from=[annotations], engines=engines))
     trained = [sft]
     if build.distill_pairs:
         pairs = run.stage(ROUND, distill_pairs(config, engines, base=base, seed_prompts=seed_prompts,
                                                m=build.distill_pairs))
         scores = run.stage(ROUND, Score(Panel.compare(config.judge, {"sft": str(sft.path)}), engines, keep=False,
                                         name="distill_scores"), read=pairs)
-        engines.before_training(str(sft.path), config.judge_training, logit_positions=JudgeRating.logit_positions)
         trained.append(run.stage(ROUND, distill(config, "judge_distill", judge=str(sft.path), scores=scores,
-                                                target=build.distill_target)))
+                                                target=build.distill_target, engines=engines)))
     members = {"base": judge_start, "sft": str(sft.path),
                **({"distilled": str(trained[-1].path)} if len(trained) > 1 else {})}
     held = [r for r in table if r["split"] == "heldout"]
@@ -93,20 +91,22 @@ def build_judge(config: AlmaConfig, run: Run, engines: Engines, *, base: str, ju
 
 
 def judge_training(config: AlmaConfig, name: str, *, model: str, examples: Examples,
-                   made_from: list[StageResult], run_name: str | None = None, **figures: Any) -> Train:
+                   made_from: list[StageResult], engines: Engines | None = None, run_name: str | None = None,
+                   **figures: Any) -> Train:
     """A judge-training stage: the rating loss with the judge build's settings (``AlmaConfig.judge_training``)."""
     j = config.judge
     return Train(name, JudgeRating(chat=j.chat_template, max_response_chars=j.max_response_chars),
                  config.judge_training, config.resources, model=model, seed=config.train.seed, examples=examples,
-                 made_from=made_from, run_name=run_name or f"{name}-{config.train.seed}", figures_extra=figures)
+                 made_from=made_from, engines=engines, run_name=run_name or f"{name}-{config.train.seed}",
+                 figures_extra=figures)
 
 
 def distill(config: AlmaConfig, name: str, *, judge: str, scores: StageResult, target: str,
-            run_name: str | None = None) -> Train:
+            engines: Engines | None = None, run_name: str | None = None) -> Train:
     """Self-distillation: training continues from ``judge`` on its own scores of the distill pairs."""
     rows = distill_rows(scores.path, target)
     return judge_training(config, name, model=judge, examples=pa.Table.from_pylist(rows), made_from=[scores],
-                          run_name=run_name, target=target)
+                          engines=engines, run_name=run_name, target=target)
 
 
 def distill_pairs(config: AlmaConfig, engines: Engines, *, base: str, seed_prompts: list[str], m: int,

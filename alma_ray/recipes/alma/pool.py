@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alma_ray.config import AlmaConfig
+from alma_ray.engines.registry import Engines
 from alma_ray.recipes.base import Run
 from alma_ray.stages.base import shuffle_partitions
 from alma_ray.stages.cluster import Cluster
 from alma_ray.stages.dedup import Dedup
 from alma_ray.stages.draw import DrawPrompts, ledger
 from alma_ray.stages.embed import Embed
-from alma_ray.stages.engines import Engines
 from alma_ray.stages.synthesize import Synthesize
 from alma_ray.store import StageResult
 

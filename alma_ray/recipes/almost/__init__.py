@@ -11,7 +11,6 @@ Every stage is committed to the run directory (alma_ray.store) and skipped when 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from alma_ray.config import AlmostConfig
@@ -23,18 +22,17 @@ from alma_ray.demonstrations import (
     load_demonstrations,
     prompted,
 )
+from alma_ray.engines.registry import Engines
 from alma_ray.ids import prompt_id
 from alma_ray.judge.preferences import load_preferences
 from alma_ray.models.registry import resolve_model
 from alma_ray.placement import Plan
 from alma_ray.recipes.almost import report
 from alma_ray.recipes.almost.plan import plan
-from alma_ray.recipes.base import Log, Run, RunSummary
+from alma_ray.recipes.base import Log, Run, RunSummary, seed_split, start
 from alma_ray.reward import RewardServer
-from alma_ray.seeds import heldout_and_pool, load_seeds
 from alma_ray.stages.compare import Comparisons
 from alma_ray.stages.configured import ConfiguredResponses
-from alma_ray.stages.engines import Engines, judge_app_name
 from alma_ray.stages.generate import Sample, Share
 from alma_ray.stages.mine import Mine
 from alma_ray.stages.reward import RewardCheck, RewardEval, RewardScore, sample_pairs
@@ -60,36 +58,31 @@ class ALMoSTRecipe:
         return report.write_all(run_dir)
 
     def check(self, config: AlmostConfig) -> None:
-        m = config.mining
-        seeds = load_seeds(m.seeds, skip_bad=m.skip_bad_seed_lines, max_chars=m.max_seed_chars)
-        heldout_and_pool(seeds.prompts, heldout=m.heldout, seed=config.seed)
+        seed_split(config, config.mining)
         check_shots(config)
         if config.reward.check_pairs:
             load_preferences(config.reward.check_pairs)
 
     def run(self, config: AlmostConfig, store: RunStore, log: Log = print) -> RunSummary:
-        started = time.time()
-        run = Run(store, log)
-        base = resolve_model(config.base_model)
         m = config.mining
-        seeds = load_seeds(m.seeds, skip_bad=m.skip_bad_seed_lines, max_chars=m.max_seed_chars)
-        heldout, pool = heldout_and_pool(seeds.prompts, heldout=m.heldout, seed=config.seed)
-        log(f"seeds: {len(seeds.prompts)} prompts ({len(pool)} shown while mining, {len(heldout)} held out)")
-        demos = {name: load_demonstrations(src) for name, src in config.demonstrations.items()}
-        models = {g.name: resolve_model(config.model_of(g)) for g in config.responses.grid}
-        player = config.player
-        with Engines(config.engine, config.resources, log=log, app=judge_app_name(store.run_dir)) as engines:
+        with start(config, store, log, m) as started:
+            run, engines, base, seeds = started.run, started.engines, started.base, started.seeds
+            heldout, pool = started.heldout, started.rest
+            log(f"seeds: {len(seeds.prompts)} prompts ({len(pool)} shown while mining, {len(heldout)} held out)")
+            demos = {name: load_demonstrations(src) for name, src in config.demonstrations.items()}
+            models = {g.name: resolve_model(config.model_of(g)) for g in config.responses.grid}
+            player = config.player
             # round 0: synthetic feedback -> reward model
             mined = run.stage(0, Mine(m, base, config.base_model, pool, heldout, config.seed, engines))
-            responses = run.stage(0, ConfiguredResponses(config, demos, models, engines), read=mined)
+            responses = run.stage(0, ConfiguredResponses(config.responses, config.seed, demos, models, engines),
+                                  read=mined)
             comparisons = run.stage(0, Comparisons(config.responses.tiers, config.reward.heldout,
                                                    f"{config.seed}:rm-heldout",
                                                    prompts=mined.manifest.stats["accepted"]), read=responses)
             engines.keep_only({models[player.name], base})  # the player self-plays, the base answers the probe
-            engines.before_training(base, config.reward_training)
             rm = run.stage(0, Train("reward", RM, config.reward_training,
                                     config.resources, model=base, seed=config.train.seed,
-                                    examples=[comparisons], where=KEPT, heldout=HELDOUT))
+                                    examples=[comparisons], where=KEPT, heldout=HELDOUT, engines=engines))
             server = RewardServer(str(rm.path), DIALOGUE_TEMPLATE, config.reward.max_seq_len,
                                   label="round_000/reward")
             if config.reward.check_pairs:
@@ -101,15 +94,14 @@ class ALMoSTRecipe:
                                          player.shots, server, engines, config.seed), read=mined)
             rows = run.stage(1, Demonstrations(), read=play)
             engines.keep_only({base}, [server])
-            engines.before_training(base, config.train)
             sft = run.stage(1, Train("sft", DEMONSTRATED, config.train, config.resources,
-                                     model=base, seed=config.train.seed, examples=[rows]))
+                                     model=base, seed=config.train.seed, examples=[rows],
+                                     engines=engines))
             if heldout:
                 self.evaluate(config, run, engines, server, heldout=heldout, base=base, sft=sft,
                               player=(models[player.name], demos[player.demos], player.shots))
             log(f"reports: {', '.join(str(p) for p in report.write_all(store.run_dir))}")
-        run.summary.wall_s = time.time() - started
-        return run.summary
+        return started.run.summary
 
     def evaluate(self, config: AlmostConfig, run: Run, engines: Engines, server: RewardServer, *,
                  heldout: list[str], base: str, sft: StageResult, player: tuple[str, list[Dialogue], int]) -> None:

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from alma_ray.config import AlmaConfig
+from alma_ray.engines.registry import Engines
 from alma_ray.judge.annotations import LONGER, accuracy_table
 from alma_ray.recipes.alma.judge import build_judge
 from alma_ray.recipes.base import Run, open_store
-from alma_ray.stages.engines import Engines
 
 
 @pytest.mark.usefixtures("ray_local")

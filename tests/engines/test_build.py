@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alma_ray.config import EngineConfig
-from alma_ray.engine import actor_remote_args, engine_env, format_prompt, prompt_ids, uses_chat_template
+from alma_ray.engines.build import actor_remote_args, engine_env, format_prompt, prompt_ids, uses_chat_template
 
 
 def test_chat_or_plain_completion_prompts(tiny_model: str) -> None:

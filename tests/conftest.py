@@ -164,10 +164,12 @@ def ray_address(ray_local: Any, ray_head: LocalHead, serve_port: int) -> str:
 ALMA_TINY = REPO / "jobs" / "configs" / "alma-tiny.yaml"
 DPO_VARIANT = ("name=alma-tiny-dpo", "train.objective=dpo", "rounds=2", "train.round_one_seeds=1",
                "generation.checkpoints=[{name: m1a, model: 'round_one:0'}]", "synthesis.num_requests=12",
-               "synthesis.clustering.clusters=4", "train.epochs=1", "part_rows=2")
+               "synthesis.clustering.clusters=4", "train.epochs=1", "part_rows=2",
+               "eval.judges=[{name: plain, model: 'embedded:tiny-llama', chat_template: false}]")
 """The smallest ALMA run with every kind of stage: the DPO variant on alma-tiny (one seed, one checkpoint, two
-rounds); stages write files of 2 rows and long stages commit a part per input file (synthesis: per 2 requests),
-so a kill leaves some parts done: round 2's 4 prompts are 2 parts of responses."""
+rounds, an evaluation judge beside the run's: the same tiny model reading plain prompts); stages write files of 2
+rows and long stages commit a part per input file (synthesis: per 2 requests), so a kill leaves some parts done:
+round 2's 4 prompts are 2 parts of responses."""
 
 
 def alma_cli(out: Path, address: str, *overrides: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:

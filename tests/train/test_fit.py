@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from alma_ray.config import AlmaConfig
@@ -90,7 +91,8 @@ def _registered_state_checkpoint(storage: Path) -> bool:
 @pytest.mark.usefixtures("ray_local")
 def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: Path) -> None:
     """SIGKILL a training worker after the first checkpoint: Ray Train restarts the group, which loads the
-    DeepSpeed state and carries on; the loss curve is complete and the run says where it resumed."""
+    DeepSpeed state and carries on; the run says where it resumed, and its loss curve is the uninterrupted run's,
+    step for step (same rows, same order, same state)."""
     import os
     import signal
     import threading
@@ -116,8 +118,7 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: 
     runner.start()
     storage = tmp_path / "ray_train"
     killed = None
-    deadline = time.time() + 300
-    while runner.is_alive() and killed is None and time.time() < deadline:
+    while runner.is_alive() and killed is None:  # the test's time limit (pytest-timeout) bounds the wait
         if _registered_state_checkpoint(storage):
             workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
                        if "RayTrainWorker" in a.class_name and a.pid]
@@ -125,10 +126,14 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: 
                 killed = workers[-1].pid
                 os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
-    runner.join(timeout=600)
+    runner.join()
     assert "error" not in result, result.get("error")
-    assert killed is not None, "training ended before a worker could be killed; make it longer"
+    assert killed is not None, "training ended before its first checkpoint was registered"
     metrics = result["metrics"]
     assert isinstance(metrics, dict)
     assert metrics["resumed_from_step"] >= 4
     assert metrics["steps"] == 2 * 32 // (2 * 2)  # epochs x rows / (workers x micro_batch): none lost
+    uninterrupted = fit(examples, SFT(), train=config.train, resources=config.resources, model=tiny_model,
+                        out_dir=tmp_path / "uninterrupted" / "round_001" / "sft", seed=0)
+    assert len(metrics["losses"]) == len(uninterrupted["losses"]) > 2
+    np.testing.assert_allclose(metrics["losses"], uninterrupted["losses"], rtol=1e-4, atol=1e-5)

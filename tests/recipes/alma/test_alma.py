@@ -80,3 +80,37 @@ def test_the_gate_stops_a_judge_below_min_accuracy_and_names_it() -> None:
     with pytest.raises(JudgeGateError, match=r"round_000/judge_distill ordered 0.500 of 12 .* embedded:x, below "
                                              r"judge.min_accuracy=0.6"):
         gate(result, 0.6)
+
+
+def test_the_gate_at_a_real_bar_refuses_a_random_judge_and_passes_one_that_reads_the_answer() -> None:
+    """200 pairs whose chosen answer has a property the rejected one lacks (it names the capital): a judge that
+    scores by the property orders all of them; a judge that scores at random orders about half. At the bar 0.8 the
+    gate passes the one and refuses the other (the accuracies as the gate stage computes them)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from alma_ray.judge.annotations import pairwise_accuracy
+    from alma_ray.recipes.alma import JudgeGateError, gate
+    from alma_ray.store import Manifest, StageResult
+
+    rng = np.random.default_rng(0)
+    chosen = [f"The capital is Paris. {'More words. ' * int(k)}" for k in rng.integers(0, 5, 200)]
+    rejected = [f"I am not sure. {'More words. ' * int(k)}" for k in rng.integers(0, 5, 200)]
+
+    def reads(answer: str) -> float:
+        return 8.0 + 0.1 * len(answer) / 100 if "Paris" in answer else 2.0
+
+    def result(scores: tuple[np.ndarray, np.ndarray]) -> StageResult:
+        acc = pairwise_accuracy(*scores)
+        stats = {"accuracy": acc.accuracy, "pairs": acc.pairs, "judge": "j", "preference_set": "by construction"}
+        return StageResult(Path("run/round_000/judge_gate"), Manifest(
+            stage="judge_gate", round=0, rows=3, config_hash="", input_hashes={}, wall_s=0.0, started_at=0.0,
+            stats=stats), skipped=False)
+
+    good = result((np.array([reads(a) for a in chosen]), np.array([reads(a) for a in rejected])))
+    random = result((rng.uniform(0, 10, 200), rng.uniform(0, 10, 200)))
+    assert good.manifest.stats["accuracy"] == 1.0 and 0.4 < random.manifest.stats["accuracy"] < 0.6
+    gate(good, 0.8)
+    with pytest.raises(JudgeGateError, match=r"ordered 0\.\d+ of 200 .* below judge.min_accuracy=0.8"):
+        gate(random, 0.8)

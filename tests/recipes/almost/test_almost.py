@@ -108,16 +108,34 @@ def test_reward_model_trains_serves_and_checks(almost_run: tuple[Path, Any, str]
     rm = run / "round_000" / "reward"
     stats = _manifest(run, 0, "reward")["stats"]
     assert stats["objective"] == "reward" and stats["heldout_pair_accuracy"] is not None
+    config = load_config(PRESET)
+    model = AutoModelForSequenceClassification.from_pretrained(rm, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(rm)
+    limit = min(config.reward.max_seq_len, config.engine.max_model_len)
+
+    def encode(prompt: str, response: str) -> list[int]:  # as the Serve app encodes a row
+        return list(encode_example(tok, prompt, response, max_seq_len=limit, completion_template=DIALOGUE_TEMPLATE,
+                                   eos=False, chat=False, keep_response=True)[0])
+
+    def reward(prompt: str, response: str) -> float:  # transformers on the saved RM folder
+        with torch.no_grad():
+            return float(model(input_ids=torch.as_tensor(encode(prompt, response))[None]).logits[0, 0].item())
+
+    # the check: each side's reward is the RM's on that side (a swap of chosen and rejected fails here), and the
+    # accuracy is the share of pairs it orders, recomputed from its rows
     check = _manifest(run, 0, "reward_check")["stats"]["accuracy"]["embedded:mt-bench-synthetic"]
-    assert check["pairs"] == load_config(PRESET).reward.check_max_pairs and 0 <= check["accuracy"] <= 1
+    pairs = _rows(run, 0, "reward_check")
+    assert check["pairs"] == len(pairs) == config.reward.check_max_pairs
+    assert check["accuracy"] == pytest.approx((pairs.reward_chosen > pairs.reward_rejected).mean(), abs=1e-4)
+    whole = [p for p in pairs.itertuples()  # pairs that fit: at the limit vLLM's value can differ (docs/almost.md)
+             if max(len(encode(p.prompt, p.chosen)), len(encode(p.prompt, p.rejected))) < limit]
+    assert len(whole) >= 2
+    for p in whole[:3]:
+        assert (p.reward_chosen, p.reward_rejected) == pytest.approx(
+            (reward(p.prompt, p.chosen), reward(p.prompt, p.rejected)), abs=1e-3)
     # the RM the Serve app scored with (vLLM's pooling runner) gives transformers' value
     scored = _rows(run, 1, "eval").query("reward_flag == ''").iloc[0]
-    model = AutoModelForSequenceClassification.from_pretrained(rm, dtype=torch.float32).eval()
-    ids, _ = encode_example(AutoTokenizer.from_pretrained(rm), scored.prompt, scored.response, max_seq_len=256,
-                            completion_template=DIALOGUE_TEMPLATE, eos=False, chat=False)
-    with torch.no_grad():
-        value = model(input_ids=torch.as_tensor(ids)[None]).logits[0, 0].item()
-    assert scored.reward == pytest.approx(value, abs=1e-3)
+    assert scored.reward == pytest.approx(reward(scored.prompt, scored.response), abs=1e-3)
 
 
 def test_selfplay_keeps_the_best_candidate_and_sft_learns_from_it(almost_run: tuple[Path, Any, str]) -> None:
@@ -143,6 +161,8 @@ def test_selfplay_keeps_the_best_candidate_and_sft_learns_from_it(almost_run: tu
         turns_total += row.turns
     demos = _rows(run, 1, "demonstrations")
     assert len(demos) == turns_total == _manifest(run, 1, "sft")["rows"]
+    losses = json.loads((run / "round_001" / "sft" / "train_metrics.json").read_text())["losses"]
+    assert len(losses) >= 2 and losses[-1] < losses[0]  # it learned from the demonstrations
     assert demos.source.str.startswith("rmsp:").all()
     probe = _rows(run, 1, "probe")
     assert set(probe.checkpoint) == {"base", "sft"}  # the SFT folder loaded in vLLM and answered

@@ -98,12 +98,14 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tiny_model: str, tmp_path: 
     import threading
     import time
 
-    import ray.data
+    import pyarrow as pa
     from ray.util.state import list_actors
 
     out = tmp_path / "round_001" / "sft"
-    examples = ray.data.from_items([{"prompt": f"say {w}", "response": f"{w} {w} {w}"}
-                                    for w in ["rain", "sea", "moon", "tree", "stone", "bird", "fire", "snow"] * 4])
+    # one table (rows rank::world, the same every run), so that the two runs see the same batches in the same
+    # order: a streamed split may hand the ranks other rows from run to run
+    examples = pa.Table.from_pylist([{"prompt": f"say {w}", "response": f"{w} {w} {w}"}
+                                     for w in ["rain", "sea", "moon", "tree", "stone", "bird", "fire", "snow"] * 4])
     config = _config(tiny_model, epochs=2, checkpoint_every=4, max_failures=1)
     result: dict[str, object] = {}
 

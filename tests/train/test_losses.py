@@ -110,6 +110,23 @@ def test_the_lm_head_runs_only_where_a_loss_reads_and_the_losses_are_the_same(
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.gpu
+def test_the_losses_on_a_gpu_equal_the_cpu_ones(logits_and_batch: tuple, model: Any) -> None:
+    """On CUDA (fp32), the kept positions, the SFT loss and the sequence log-probs are the CPU's."""
+    import copy
+
+    logits, batch = logits_and_batch
+    cuda = copy.deepcopy(model).to("cuda")
+    on_gpu = {k: v.to("cuda") for k, v in batch.items()}
+    with torch.no_grad():
+        kept, at = response_logits(cuda, on_gpu)
+    labels = on_gpu["labels"]
+    assert at.cpu().tolist() == response_positions(batch["labels"]).tolist()
+    assert float(sft_loss(kept, labels, at)) == pytest.approx(float(sft_loss(logits, batch["labels"])), rel=1e-4)
+    np.testing.assert_allclose(sequence_logprobs(kept, labels, at).cpu().numpy(),
+                               sequence_logprobs(logits, batch["labels"]).numpy(), rtol=1e-4)
+
+
 def test_dpo_loss_equals_the_formula(logits_and_batch: tuple) -> None:
     logits, batch = logits_and_batch
     lp = sequence_logprobs(logits, batch["labels"])

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="inspect a config")
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = cfg_sub.add_parser("show", help="print the resolved config and its plan (stages and placement)")
-    show.add_argument("--config", required=True)
+    show.add_argument("--config", required=True, help="YAML preset, e.g. jobs/configs/laptop.yaml")
     show.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     models = sub.add_parser("models", help="the embedded models that ship inside PyPI packages")

@@ -14,11 +14,32 @@ from alma_ray.cli import main
 TINY = Path(__file__).resolve().parent.parent / "jobs" / "configs" / "tiny.yaml"
 
 
-def test_help_names_every_command() -> None:
+def test_help_explains_every_command_and_option() -> None:
+    """Every command and every option of every command says what it is for (a help text), and ``--help`` prints
+    it: the top level lists each command with its line."""
+    import argparse
+
+    from alma_ray.cli import _parser
+
+    def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    assert helps.get(name), f"command {' '.join((*path, name))} has no help text"
+                    found += [(*path, name), *commands(sub, (*path, name))]
+            elif not isinstance(action, argparse._HelpAction):
+                assert action.help, f"option {action.dest} of {' '.join(path) or 'alma-ray'} has no help text"
+        return found
+
+    found = commands(_parser())
+    assert {c[0] for c in found} == {"run", "report", "config", "models"}
     out = subprocess.run([sys.executable, "-m", "alma_ray.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
     for command in ("run", "report", "config", "models"):
-        assert command in out
+        line = next(line for line in out.splitlines() if line.strip().startswith(command + " "))
+        assert len(line.split(None, 1)[1]) > 10, line  # the command with its help line
 
 
 @pytest.mark.parametrize("args, message", [

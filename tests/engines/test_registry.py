@@ -238,3 +238,36 @@ def test_engines_still_loading_count_as_taken_memory(monkeypatch: pytest.MonkeyP
     assert killed == ["m2", "s2", "s3"] and engines.spare == ["s1"]  # the spare about to be taken over stays
     engines.close()
     assert engines.loading == []
+
+
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_before_training_keeps_the_engines_and_apps_it_is_told_to(monkeypatch: pytest.MonkeyPatch,
+                                                                 use_gpu: bool) -> None:
+    """A trainer that rolls out and scores beside its training (an RL step) keeps its policy's engines and its
+    reward app up, however short the room; everything else is given back. No Ray here: stand-ins as above."""
+    from alma_ray.config import TrainConfig
+    from alma_ray.engines import host as module
+    from alma_ray.engines import registry
+    from alma_ray.placement import GiB
+
+    monkeypatch.setattr(module, "free_cpus", lambda need, wait_s=15.0: 100.0)
+    monkeypatch.setattr(module, "free_memory", lambda need, wait_s=15.0: 0)  # never enough
+    monkeypatch.setattr(registry, "training_bytes", lambda *args, **kwargs: GiB)
+    engines = Engines(EngineConfig(), ResourcesConfig(use_gpu=use_gpu))
+    gone: list[str] = []
+
+    def release(model: str, end: bool = False) -> None:
+        gone.append(model)
+        engines.pools.pop(model, None)
+
+    def stop_app(served: App) -> None:
+        gone.append(str(served))
+        engines.apps.pop(served, None)
+
+    monkeypatch.setattr(engines, "release", release)
+    monkeypatch.setattr(engines, "stop_app", stop_app)
+    engines.pools = {"policy": [], "m1a": []}
+    engines.apps = {App("reward"): "rm", App("judge"): "judge"}
+    engines.before_training("policy", TrainConfig(), keep_models=["policy"], keep_apps=[App("reward")])
+    assert sorted(gone) == ["judge", "m1a"] and list(engines.pools) == ["policy"]
+    assert list(engines.apps) == [App("reward")]

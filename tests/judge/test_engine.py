@@ -14,7 +14,7 @@ from alma_ray.judge.rubric import RATING_PREFIX, SCORES, score_distribution
 def test_vllm_scores_match_transformers(tiny_model: str) -> None:
     """The judge's real-valued score equals a direct transformers computation of the same probabilities."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     judge = Judge(tiny_model, name="tiny", version="t", chat=None, max_response_chars=4000,
                   engine=EngineConfig(max_model_len=1024, dtype="float32"), use_gpu=False)
@@ -24,6 +24,7 @@ def test_vllm_scores_match_transformers(tiny_model: str) -> None:
     assert list(out["judge_flag"]) == ["", "", "empty_response"] and math.isnan(out["score"][2])
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
     tokens = judge.tokens
     for i in range(2):
         ids = judge.prompt_ids(prompts[i], responses[i])
@@ -35,4 +36,4 @@ def test_vllm_scores_match_transformers(tiny_model: str) -> None:
                                      tokens)
         np.testing.assert_allclose(out["score_dist"][i], dist, atol=1e-4)
         assert abs(out["score"][i] - float(dist @ SCORES)) < 1e-4
-        assert RATING_PREFIX  # the prompt ends at the rating slot
+        assert tok.decode(ids).endswith(RATING_PREFIX)  # the prompt ends at the rating slot

@@ -61,7 +61,7 @@ class Engines:
             return  # Serve is not running on this cluster
         for name in list(serve.status().applications):
             if name == self.prefix or name.startswith(f"{self.prefix}-"):
-                self.log(f"engines: deleting judge app {name}, left up by an earlier driver of this run")
+                self.log(f"engines: deleting app {name}, left up by an earlier driver of this run")
                 serve.delete(name)
 
     def __exit__(self, *exc: object) -> None:

@@ -211,6 +211,21 @@ def _content_hash(manifest: Manifest) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def _same_inputs(recorded: dict[str, str], now: dict[str, str]) -> bool:
+    """Whether a committed stage was built from the inputs ``now``. A manifest written before inputs were declared
+    (its stage inputs keyed by bare stage name, no models) is held to what it recorded, as it was then: each stage
+    input against the input of that name now, in any round, and each recorded source exactly; so a finished run of
+    an earlier release is not rebuilt, and a stage rebuilt since is checked on all its inputs."""
+    if any("/" in key or key.startswith("model:") for key in recorded):
+        return recorded == now
+    by_stage: dict[str, set[str]] = {}
+    for key, digest in now.items():
+        if "/" in key and not key.startswith(("model:", "source:")):
+            by_stage.setdefault(key.split("/", 1)[1], set()).add(digest)
+    return all(now.get(key) == digest if key.startswith("source:") else digest in by_stage.get(key, set())
+               for key, digest in recorded.items())
+
+
 def verify(stage_dir: Path, manifest: Manifest) -> str | None:
     """What is wrong with a committed stage's files (the first problem found), or None. A file whose size and
     modification time are as committed is trusted; one touched since is hashed again."""
@@ -342,7 +357,7 @@ class RunStore:
                              f"{self.config_hash}); use another name=... or delete the run directory")
         compared = input_hashes if done.files else {  # a manifest from before sources were inputs
             k: v for k, v in input_hashes.items() if not k.startswith("source:")}
-        if done.input_hashes != compared:
+        if not _same_inputs(done.input_hashes, compared):
             self.log(f"store: {final} was built from other inputs than the current ones: rebuilding it")
             return False
         if (problem := verify(final, done)) is None:

@@ -55,13 +55,13 @@ def test_killed_stage_leaves_nothing_finished(tmp_path: Path) -> None:
 def test_a_recomputed_input_makes_its_dependents_stale(tmp_path: Path) -> None:
     store = _store(tmp_path)
     a = store.run_stage(1, "prompts", _write_rows(1)).manifest
-    store.run_stage(1, "responses", _write_rows(1), {"prompts": a})
+    store.run_stage(1, "responses", _write_rows(1), {"round_001/prompts": a})
     # the same content again: its hash is the data's, so dependents stay valid
     same = _store(tmp_path / "b").run_stage(1, "prompts", _write_rows(1)).manifest
     assert same.content_hash == a.content_hash
-    assert store.run_stage(1, "responses", _write_rows(5), {"prompts": same}).skipped
+    assert store.run_stage(1, "responses", _write_rows(5), {"round_001/prompts": same}).skipped
     other = store.run_stage(2, "prompts", _write_rows(2)).manifest
-    rebuilt = store.run_stage(1, "responses", _write_rows(7), {"prompts": other})
+    rebuilt = store.run_stage(1, "responses", _write_rows(7), {"round_001/prompts": other})
     assert not rebuilt.skipped and rebuilt.manifest.rows == 7
     # a source (a seed file's digest) is an input too
     store.run_stage(1, "synthesis", _write_rows(1), sources={"seeds": "d1"})

@@ -141,8 +141,8 @@ class Engines:
         actor. Returns the pool."""
         pool = self.pools.pop(model, [])
         ray.get([actor.reload_weights.remote(new) for actor in pool])
-        self.pools[new] = pool
-        return pool
+        self.pools.setdefault(new, []).extend(pool)  # with any engines that already held it
+        return self.pools[new]
 
     def release(self, model: str, *, end: bool = False) -> None:
         """Give back the sampling engines of ``model``: ended on GPU (or when ``end``: memory is short); on CPU

@@ -64,7 +64,12 @@ class Run:
         and rebuilt. While it runs it may read only those stages (``store.input_path``)."""
         declared = [*([read] if read is not None else []), *stage.reads()]
         inputs = {f"round_{s.manifest.round:03d}/{s.manifest.stage}": s.manifest for s in declared}
-        models = dict(model_identity(m, self.store.run_dir) for m in stage.loads())
+        models: dict[str, str] = {}
+        for model in stage.loads():  # two folders of one name (/a/final, /b/final) are two inputs
+            key, digest = model_identity(model, self.store.run_dir)
+            if models.get(key, digest) != digest:
+                key = f"{key}#{sum(k.startswith(key) for k in models)}"
+            models[key] = digest
 
         def write(out: Path) -> StageOutput:
             with declared_reads(self.store.run_dir, stage.name, [s.path for s in declared]):

@@ -48,7 +48,8 @@ class Train(Stage):
         return [*(self.examples if isinstance(self.examples, list) else []), *self.made_from]
 
     def loads(self) -> list[str]:
-        return [self.model]
+        reference = getattr(self.objective, "reference", None)  # DPO's frozen reference, when not the model itself
+        return [self.model, *([reference] if reference else [])]
 
     def rows(self, where: list[tuple[str, str, Any]] | None = None) -> Examples:
         if isinstance(self.examples, list):

@@ -86,3 +86,34 @@ def test_reading_an_undeclared_stage_is_refused(tmp_path: Path) -> None:
         run.stage(2, Rows("prompts", [3], uses=[declared], sneak=ledger.path))
     assert run.stage(2, Rows("prompts", [3], uses=[declared, ledger], sneak=ledger.path)).manifest.rows == 1
     assert input_path(ledger.path) == str(ledger.path)  # outside a stage (a recipe, a report): no check
+
+
+def test_two_models_of_one_name_are_two_inputs(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    folders = []
+    for parent in ("a", "b"):
+        folder = tmp_path / parent / "final"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(f'{{"from": "{parent}"}}')
+        folders.append(str(folder))
+    done = run.stage(1, Rows("responses", [0], models=folders))
+    assert set(done.manifest.input_hashes) == {"model:final", "model:final#1"}
+    (Path(folders[1]) / "config.json").write_text('{"from": "b, retrained"}')
+    assert not run.stage(1, Rows("responses", [0], models=folders)).skipped
+
+
+def test_a_manifest_from_before_declared_inputs_is_held_to_what_it_recorded(tmp_path: Path) -> None:
+    """A finished run of an earlier release keyed its stage inputs by bare stage name and recorded no models: it
+    is not rebuilt while those inputs are as recorded, and is once one of them changes."""
+    import json
+
+    run = _run(tmp_path)
+    selected = run.stage(1, Rows("selected", [1]))
+    sft = run.stage(2, Rows("sft", [0], uses=[selected], models=[str(selected.path)]))
+    manifest = sft.path / "_MANIFEST.json"
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "input_hashes": {"selected": selected.manifest.content_hash}}))
+    assert run.stage(2, Rows("sft", [0], uses=[selected], models=[str(selected.path)])).skipped
+    (selected.path / "_MANIFEST.json").unlink()
+    selected = run.stage(1, Rows("selected", [2]))  # rebuilt with other content
+    assert not run.stage(2, Rows("sft", [0], uses=[selected], models=[str(selected.path)])).skipped

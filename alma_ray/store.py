@@ -178,12 +178,17 @@ def model_identity(model: str, run_dir: Path) -> tuple[str, str]:
     return f"model:{model}", text_digest(model)
 
 
+def parquet_files(root: Path) -> list[Path]:
+    """The parquet files under ``root`` as Ray reads a directory (no hidden or ``_`` paths), sorted by name: the
+    same on every rerun."""
+    return sorted((p for p in root.rglob("*.parquet")
+                   if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)), key=str)
+
+
 def parquet_rows(stage_dir: Path) -> int | None:
     """Rows in a stage's committed parquet files (``data/`` when it keeps its rows there), from the footers; None
     when it has none."""
-    root = stage_dir / DATA if (stage_dir / DATA).is_dir() else stage_dir
-    files = [p for p in root.rglob("*.parquet")
-             if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)]
+    files = parquet_files(stage_dir / DATA if (stage_dir / DATA).is_dir() else stage_dir)
     if not files:
         return None
     import pyarrow as pa

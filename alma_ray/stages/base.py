@@ -36,7 +36,7 @@ from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 
 from alma_ray.errors import EmptyStageError, StageInputError
 from alma_ray.progress import StageProgress, busy_window
-from alma_ray.store import StageOutput, StageResult, atomic_write_text, input_path
+from alma_ray.store import StageOutput, StageResult, atomic_write_text, input_path, parquet_files
 
 Tally = Callable[[pa.Table], Any]
 """What one write task computes from the rows it writes (runs in the task; merged on the driver by ``figures``)."""
@@ -235,8 +235,7 @@ class Part:
 def input_parts(source: Path, rows_per_part: int) -> list[Part]:
     """The files of a committed stage (sorted by name: the same on every rerun) in groups of at most
     ``rows_per_part`` rows (a file with more is a part of its own), counted from the parquet footers."""
-    files = sorted(str(p) for p in source.rglob("*.parquet")  # as Ray reads a directory: no hidden paths
-                   if not any(part.startswith((".", "_")) for part in p.relative_to(source).parts))
+    files = [str(p) for p in parquet_files(source)]
     groups: list[list[str]] = []
     rows = 0
     for f in files:

@@ -4,6 +4,7 @@ kept and the next model's pool takes them over, sampling from the new model; clo
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -52,6 +53,12 @@ def test_engines_are_shared_by_model_and_given_back(tiny_model: str, tmp_path: P
         assert ray.get(taken.holds.remote()) == str(other)
         spare = engines.spare[0]
     assert engines.pools == {} and engines.spare == [] and len(lines) == 3  # closed with the run
+    # ray.kill is asynchronous: a call sent before the kill lands may still be answered, so wait for Ray's own
+    # record of the process to read DEAD (pytest-timeout bounds the wait); then no call reaches it.
+    from ray.util.state import get_actor
+
+    while (state := get_actor(spare._actor_id.hex())) is None or state.state != "DEAD":
+        time.sleep(0.2)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(spare.holds.remote(), timeout=60)
 

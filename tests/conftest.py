@@ -94,11 +94,13 @@ def ray_head(model_cache: Path) -> Any:
     Logical CPUs, not cores: a run keeps its engines up beside training (alma_ray.engines), and the tiny
     preset's plan needs 5; engines and workers take turns on the 2 cores. The cluster has a temporary directory
     of its own, and only its processes are stopped at the end: a Ray the user started is left alone."""
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's sockets live under it
     started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=6",
+                              f"--dashboard-agent-listen-port={agent_port}",  # not 52365: `ray job submit` needs
+                              # the agent's HTTP server, and a cluster still stopping (or a neighbour's) may hold it
                               "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                              capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -164,12 +166,13 @@ def ray_address(ray_local: Any, ray_head: LocalHead, serve_port: int) -> str:
 ALMA_TINY = REPO / "jobs" / "configs" / "alma-tiny.yaml"
 DPO_VARIANT = ("name=alma-tiny-dpo", "train.objective=dpo", "rounds=2", "train.round_one_seeds=1",
                "generation.checkpoints=[{name: m1a, model: 'round_one:0'}]", "synthesis.num_requests=12",
-               "synthesis.clustering.clusters=4", "train.epochs=1", "part_rows=2",
+               "synthesis.clustering.clusters=4", "part_rows=2",
+               "judge.ensemble=[{name: long, rules: {max_chars: 16, invert: true}, weight: 50}]",
                "eval.judges=[{name: plain, model: 'embedded:tiny-llama', chat_template: false}]")
 """The smallest ALMA run with every kind of stage: the DPO variant on alma-tiny (one seed, one checkpoint, two
-rounds, an evaluation judge beside the run's: the same tiny model reading plain prompts); stages write files of 2
-rows and long stages commit a part per input file (synthesis: per 2 requests), so a kill leaves some parts done:
-round 2's 4 prompts are 2 parts of responses."""
+rounds, an evaluation judge beside the run's: the same tiny model reading plain prompts), its rule member inverted
+(longer is better); stages write files of 2 rows and long stages commit a part per input file (synthesis: per 2
+requests), so a kill leaves some parts done: round 2's 4 prompts are 2 parts of responses."""
 
 
 def alma_cli(out: Path, address: str, *overrides: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:

@@ -45,7 +45,8 @@ def test_every_stage_writes_rows_with_lineage(alma_tiny_run: PublishedRun) -> No
     assert rows["embeddings"] == rows["clusters"] == rows["pool"]
     assert {k: rows[k] for k in ("prompts", "responses", "scores", "selected", "seed_sft", "sft_seed1")} == {
         "prompts": 4, "responses": 12, "scores": 12, "selected": 4, "seed_sft": 12, "sft_seed1": 12}
-    assert rows["sft"] == 12 + 16 and rows["probe"] == rows["eval"] == 2 * 3  # rounds 0 (the base), 1 and 2
+    assert rows["sft"] == 12 + 16 and rows["probe"] == rows["eval"] == 8 * 3  # rounds 0 (the base), 1 and 2
+    assert rows["probe_ifbench"] == rows["eval_ifbench"] == 4 * 3
     r2 = run_dir / "round_002"
     responses = pq.read_table(r2 / "responses").to_pandas()
     assert not responses.duplicated(["prompt_id", "checkpoint", "sample_index"]).any()

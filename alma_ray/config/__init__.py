@@ -93,6 +93,9 @@ from alma_ray.config.base import (
     ResourcesConfig as ResourcesConfig,
 )
 from alma_ray.config.base import (
+    RuleConfig as RuleConfig,
+)
+from alma_ray.config.base import (
     RunConfig as RunConfig,
 )
 from alma_ray.config.base import (

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from alma_ray.config.base import RunConfig, Section, TrainConfig
+from alma_ray.config.base import RuleConfig, RunConfig, Section, TrainConfig
 
 LATEST = "latest"
 """A generation checkpoint whose model is ``latest`` samples the previous round's SFT model (absent in round 1)."""
@@ -148,12 +148,21 @@ class GenerationConfig(Section):
 
 
 class JudgeMember(Section):
-    """One judge of the ensemble: a model (a fine-tuned checkpoint) and how it reads prompts."""
+    """One judge of the ensemble: a model (a fine-tuned checkpoint) and how it reads prompts, or a rule scorer."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    model: str
+    model: str | None = None
+    rules: RuleConfig | None = None
+    """Score by rules instead of a model (``alma_ray.judge.rules``); exactly one of ``model`` and ``rules``."""
     weight: float = Field(default=1.0, gt=0)
     chat_template: bool | None = None
+
+    @model_validator(mode="after")
+    def _model_or_rules(self) -> JudgeMember:
+        if (self.model is None) == (self.rules is None):
+            raise ValueError(f"judge {self.name}: give exactly one of model (an LLM judge) and rules (a rule "
+                             "scorer)")
+        return self
 
 
 class JudgeBuildConfig(Section):
@@ -196,7 +205,10 @@ class SeedSFTConfig(Section):
 class JudgeConfig(Section):
     """LLM-as-judge giving a real-valued 0-10 score from the score-token probabilities."""
 
-    model: str
+    model: str | None = None
+    """The judge's model (a folder, a hub id or embedded:<name>); or give ``rules``."""
+    rules: RuleConfig | None = None
+    """A rule scorer as the run's judge instead of ``model`` (beyond the paper: ALMA's judge is an LLM)."""
     version: str = "v1"
     """Bump when the judge's weights or prompt change meaningfully; recorded on every scored row."""
     chat_template: bool | None = None
@@ -225,18 +237,33 @@ class JudgeConfig(Section):
     min_accuracy: float | None = Field(default=None, ge=0, le=1)
     """The gate: before the judge selects any data, its real-valued pairwise accuracy on ``gate_pairs`` must reach
     this, or the run stops (round_000/judge_gate says what it scored); None: no gate."""
+    max_length_preference: float | None = Field(default=None, gt=0.5, le=1)
+    """The gate's bound on length bias: of the gate pairs the judge orders whose answers differ in length, the
+    share where it prefers the longer answer must lie within [1 - this, this], or the run stops (a judge that
+    rewards length, or brevity, teaches it); None: measured and reported, not bounded."""
     gate_pairs: list[str] = ["embedded:tiny-preferences"]
     """The gate's preference set: JSONL/parquet ``prompt``/``chosen``/``rejected`` rows, or embedded:<name>
     (alma_ray.judge.preferences)."""
 
     @property
+    def gated(self) -> bool:
+        """Whether the gate runs: a bar on accuracy or on length preference is set."""
+        return self.min_accuracy is not None or self.max_length_preference is not None
+
+    @property
     def members(self) -> list[JudgeMember]:
         """Every judge of the ensemble, ``model`` first (named ``name``)."""
-        main = JudgeMember(name=self.name, model=self.model, weight=self.weight, chat_template=self.chat_template)
+        main = JudgeMember(name=self.name, model=self.model, rules=self.rules, weight=self.weight,
+                           chat_template=self.chat_template)
         return [main, *self.ensemble]
 
     @model_validator(mode="after")
     def _unique_names(self) -> JudgeConfig:
+        if (self.model is None) == (self.rules is None):
+            raise ValueError("judge: give exactly one of judge.model (an LLM judge) and judge.rules (a rule scorer)")
+        if self.build is not None and self.model is None:
+            raise ValueError("judge.build fine-tunes judge.model: give judge.model, or unset judge.build to judge "
+                             "by judge.rules")
         names = [m.name for m in self.members]
         if len(set(names)) != len(names):
             raise ValueError(f"judge names must be unique (judge.name names judge.model): {names}")
@@ -249,6 +276,10 @@ class EvalConfig(Section):
 
     judges: list[JudgeMember] = []
     """Evaluation judges besides the run's (one that did not select the data is the honest one)."""
+    instructions: int = Field(default=0, ge=0, le=58)
+    """Verifiable instructions: this many IFBench prompts, held out from everything (never seeds), answered by
+    every round's model as the probe answers and scored by IFBench's checkers, strict and loose
+    (``alma_ray.judge.ifbench``; 58 of its 64 held-out prompts can be checked offline); 0: not measured."""
 
 
 class AlmaConfig(RunConfig):
@@ -257,7 +288,8 @@ class AlmaConfig(RunConfig):
     DIGEST_EXCLUDE: ClassVar[dict[str, Any]] = {
         **RunConfig.DIGEST_EXCLUDE, "rounds": True,
         "judge": {"http_host": True, "http_port": True, "http_max_body_bytes": True, "http_max_pairs": True,
-                  "http_token_env": True, "min_accuracy": True, "build": {"reuse": True}}}
+                  "http_token_env": True, "min_accuracy": True, "max_length_preference": True,
+                  "build": {"reuse": True}}}
     """Also out of the digest: ``rounds`` (a run extends: rounds=5 on a 3-round run runs rounds 4 and 5), where
     the judge listens, the gate's threshold (a judge below it can be let through by lowering it) and whether a
     built judge may come from the cache (the cache's key is everything that built it)."""
@@ -266,6 +298,11 @@ class AlmaConfig(RunConfig):
     rounds: int = Field(default=1, ge=0)
     """ALMA rounds to run; 0 runs only the round-0 stages (building the judge, when judge.build is set)."""
     prompts_per_round: int = Field(default=16, ge=1)
+    selection: Literal["best", "length_controlled"] = "best"
+    """How D_r is picked from a prompt's scored responses: the best score (ALMA), or the best score once the judge's
+    length bias in the round is taken out (``length_controlled``: the score less the slope of the round's score on
+    response length times the response's distance from the mean length, as length-controlled win rates do; beyond
+    the paper, against a judge that rewards length or brevity)."""
     synthesis: SynthesisConfig = SynthesisConfig()
     generation: GenerationConfig
     judge: JudgeConfig

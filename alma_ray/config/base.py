@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -21,6 +22,49 @@ class ConfigError(AlmaError, ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuleConfig(Section):
+    """A rule scorer (``alma_ray.judge.rules``): named, deterministic rules on (prompt, response), served like an LLM
+    judge (the run's judge, an ensemble member, an evaluation judge, a reward). Each rule set gives a value in
+    [0, 1]; the score is their mean on the judges' 0-10 scale. Rows are labelled ``rules-v<version>(...)``."""
+
+    ifbench: Literal["strict", "loose"] | None = None
+    """Verifiable instructions: the fraction of the row's ``instructions`` (IFBench ids and arguments) the
+    response follows, by IFBench's own checkers (strict, or its loose variant); a row without instructions is
+    flagged, never scored."""
+    max_chars: int | None = Field(default=None, ge=1)
+    """Short answers: 1 up to this many characters, ``max_chars / length`` above."""
+    min_chars: int | None = Field(default=None, ge=1)
+    """Long enough answers: 1 from this many characters, ``length / min_chars`` below."""
+    contains: str | None = None
+    """A regular expression the response must contain (1 or 0)."""
+    excludes: str | None = None
+    """A regular expression the response must not contain (1 or 0)."""
+    ends_sentence: bool = False
+    """The response ends a sentence (``.``, ``!`` or ``?``, closing quotes or brackets allowed after it)."""
+    invert: bool = False
+    """Score ``10 - score``: the same rules, the opposite preference (tests of the loop's direction)."""
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> RuleConfig:
+        if self.ifbench is None and not self.rules:
+            raise ValueError("a rule scorer needs at least one rule: ifbench, max_chars, min_chars, contains, "
+                             "excludes or ends_sentence")
+        for key in ("contains", "excludes"):
+            pattern = getattr(self, key)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ValueError(f"{key}={pattern!r} is not a regular expression: {e}") from None
+        return self
+
+    @property
+    def rules(self) -> dict[str, Any]:
+        """The property rules that are set (ifbench aside), by name."""
+        return {k: v for k in ("max_chars", "min_chars", "contains", "excludes", "ends_sentence")
+                if (v := getattr(self, k)) not in (None, False)}
 
 
 class TrainConfig(Section):

@@ -199,8 +199,10 @@ class Engines:
         return [(f"{len(self.spare) - keep} spare engine process(es)", partial(self.end_spares, keep))]
 
     def _apps(self, skip: Collection[ServedApp] = ()) -> list[tuple[str, Callable[[], None]]]:
-        """Giving back each app but those in ``skip``, as ``_room`` give-backs."""
-        return [(f"{s.kind} app {name}", partial(self.stop_app, s)) for s, name in self.apps.items() if s not in skip]
+        """Giving back each app but those in ``skip``, as ``_room`` give-backs; never an app that loads no model
+        (a rule scorer: giving it back frees nothing)."""
+        return [(f"{s.kind} app {name}", partial(self.stop_app, s)) for s, name in self.apps.items()
+                if s not in skip and s.loads()]
 
     def _pools(self, skip: Collection[str] = ()) -> list[tuple[str, Callable[[], None]]]:
         """Ending the sampling engines of each model but those in ``skip`` (not kept as spares: a spare holds its CPU
@@ -230,10 +232,11 @@ class Engines:
                      f"free; if Ray's memory monitor kills them, {advice}")
 
     def keep_only(self, models: Collection[str], panels: Collection[ServedApp] = ()) -> None:
-        """Give back every sampling engine whose model is not in ``models`` and every app not in ``panels``."""
+        """Give back every sampling engine whose model is not in ``models`` and every app not in ``panels`` that
+        holds an engine (a rule scorer holds none: it stays up until ``close``)."""
         for model in [m for m in self.pools if m not in models]:
             self.release(model)
-        for served in [s for s in self.apps if s not in panels]:
+        for served in [s for s in self.apps if s not in panels and s.loads()]:
             self.stop_app(served)
 
     def before_training(self, model: str, train: TrainConfig, *, sequences: int = 1,
@@ -267,5 +270,7 @@ class Engines:
 
     def close(self) -> None:
         self.keep_only(())
+        for served in list(self.apps):
+            self.stop_app(served)
         self.end_spares()
         self.loading.clear()

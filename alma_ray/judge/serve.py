@@ -35,7 +35,7 @@ from ray import serve
 from ray.data import ActorPoolStrategy, Dataset
 from ray.serve.handle import DeploymentHandle
 
-from alma_ray.config import EngineConfig, JudgeConfig, ResourcesConfig
+from alma_ray.config import EngineConfig, JudgeConfig, JudgeMember, ResourcesConfig, RuleConfig
 from alma_ray.engines.apps import APP, JUDGE
 from alma_ray.engines.build import SHUTDOWN_POLL_S, actor_remote_args
 
@@ -73,6 +73,20 @@ class JudgeReplica:
             out.append(scored[at : at + len(call)])
             at += len(call)
         return out
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class RuleReplica:
+    """A rule scorer (``alma_ray.judge.rules``): no engine, so no batching; the ingress calls it as a judge."""
+
+    def __init__(self, rules: dict[str, Any]) -> None:
+        from alma_ray.judge.rules import RuleScorer
+
+        self.scorer = RuleScorer(RuleConfig(**rules))
+
+    async def score(self, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.scorer.score, [p.get("prompt") for p in pairs],
+                                       [p.get("response") for p in pairs], [p.get("instructions") for p in pairs])
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -140,11 +154,13 @@ class JudgeEnsemble:
         if not isinstance(pairs, list) or not all(
                 isinstance(p, dict) and isinstance(p.get("prompt"), str) and isinstance(p.get("response"), str)
                 for p in pairs):
-            return refuse(400, "each item needs 'prompt' and 'response' strings")
+            return refuse(400, "each item needs 'prompt' and 'response' strings (and, for rule judges, may carry "
+                               "'instructions': [{\"id\": ..., \"kwargs\": {...}}])")
         if len(pairs) > self.http.max_pairs:
             return refuse(413, f"{len(pairs)} pairs in one request; at most {self.http.max_pairs} "
                                "(judge.http_max_pairs)")
-        rows = _json_safe(await self.score([{"prompt": p["prompt"], "response": p["response"]} for p in pairs]))
+        rows = _json_safe(await self.score([{"prompt": p["prompt"], "response": p["response"],
+                                             "instructions": p.get("instructions")} for p in pairs]))
         return JSONResponse(rows[0] if single else rows)
 
 
@@ -177,16 +193,29 @@ class HttpLimits:
 
 @dataclass(frozen=True)
 class ServedJudge:
-    """One judge of a panel: ``model`` is the folder its engine loads; ``label`` what lineage calls it."""
+    """One judge of a panel: ``model`` is the folder its engine loads (or ``rules`` score without one); ``label``
+    what lineage calls it."""
 
     name: str
     model: str
     weight: float = 1.0
     chat: bool | None = None
     label: str = ""
+    rules: RuleConfig | None = None
+
+    @classmethod
+    def of(cls, member: JudgeMember, model: str = "", label: str = "") -> ServedJudge:
+        """``member`` served: an LLM judge on ``model`` (its resolved folder), or its rule scorer."""
+        if member.rules is not None:
+            return cls(member.name, "", member.weight, rules=member.rules)
+        return cls(member.name, model, member.weight, member.chat_template, label=label or str(member.model))
 
     @property
     def lineage(self) -> str:
+        if self.rules is not None:
+            from alma_ray.judge.rules import label
+
+            return label(self.rules)
         return self.label or self.model
 
 
@@ -227,7 +256,7 @@ class Panel:
         return "ensemble(" + ",".join(f"{j.name}={j.lineage}*{j.weight:g}" for j in self.judges) + ")"
 
     def loads(self) -> list[str]:
-        return [j.model for j in self.judges]
+        return [j.model for j in self.judges if j.rules is None]
 
     def http_options(self) -> dict[str, Any]:
         return {"host": self.http_host, "port": self.http_port}
@@ -241,6 +270,10 @@ def build_app(panel: Panel, engine: EngineConfig, resources: ResourcesConfig) ->
     options = actor_remote_args(engine, use_gpu=resources.use_gpu, cpus=resources.cpus_per_engine)
     judges = {}
     for j in panel.judges:
+        if j.rules is not None:
+            judges[j.name] = RuleReplica.options(  # type: ignore[attr-defined]
+                name=f"rules-{j.name}", graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S).bind(j.rules.model_dump())
+            continue
         replica = JudgeReplica.options(  # type: ignore[attr-defined]
             name=f"judge-{j.name}", num_replicas=resources.judge_engines, ray_actor_options=options,
             max_ongoing_requests=4 * max(1, panel.max_batch_size), graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S)
@@ -276,7 +309,9 @@ class ServeScoring:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         started = time.time()
-        pairs = [{"prompt": p, "response": r} for p, r in zip(batch["prompt"], batch["response"])]
+        instructions = batch.get("instructions")
+        pairs = [{"prompt": p, "response": r, "instructions": None if instructions is None else instructions[i]}
+                 for i, (p, r) in enumerate(zip(batch["prompt"], batch["response"]))]
         rows = self.handle.score.remote(pairs).result()
         if self.progress is not None:
             self.progress.add.remote(len(rows), 0, started, time.time())

@@ -1,6 +1,8 @@
 """Evaluation every round (ALMA): the round's model answers the held-out prompts (the ``probe`` stage: never in
 the pool, never a few-shot example), the run's fixed judge scores the answers (``eval``, a ``Score`` stage) and so
-do the evaluation judges (``eval_judges``, when ``eval.judges`` is set), and ``EvalSummary`` records per judge:
+do the evaluation judges (``eval_judges``, when ``eval.judges`` is set); with ``eval.instructions``, the model
+also answers held-out IFBench prompts (``probe_ifbench``) that IFBench's checkers score, strict and loose
+(``eval_ifbench``, rule judges ``ifbench_strict`` and ``ifbench_loose``). ``EvalSummary`` records per judge:
 the mean score, the win rate against the previous round's model and against M1a on the same prompts (pairwise by
 judge score, ties counted as half and reported; an answer beats an empty one), and the mean answer length (length
 hacking shows here).
@@ -20,26 +22,27 @@ import pyarrow.parquet as pq
 from alma_ray.stages.base import Stage, write_pylist
 from alma_ray.store import StageOutput, StageResult, input_path
 
-Evals = tuple[StageResult, StageResult | None]
-"""A round's committed ``eval`` stage and its ``eval_judges`` stage (None when ``eval.judges`` is not set)."""
+Evals = tuple[StageResult, StageResult | None, StageResult | None]
+"""A round's committed ``eval`` stage, its ``eval_judges`` stage and its ``eval_ifbench`` stage (None when not
+set): the first scored by the run's judge, the others by their members."""
 
 RUN_JUDGE = "run judge"
 """The judge column of the run's own (fixed) judge in an evaluation: the panel's weighted score."""
 
 
-def judge_scores(eval_dir: Path, judges_dir: Path | None = None) -> pd.DataFrame:
+def judge_scores(eval_dir: Path, *member_dirs: Path | None) -> pd.DataFrame:
     """One row per (prompt, judge): ``prompt_id``, ``judge``, ``score`` (NaN when flagged), ``empty`` (the scorer
-    flagged the answer as empty), ``tokens``, ``chars``. The run's judge from ``eval_dir``, each evaluation judge (its
-    ``member_scores``) from ``judges_dir``."""
+    flagged the answer as empty), ``tokens``, ``chars``. The run's judge from ``eval_dir``, each judge of a panel
+    (its ``member_scores``) from each of ``member_dirs`` (the evaluation judges, the IFBench checkers)."""
     rows = []
-    sources = [(eval_dir, False)] + ([(judges_dir, True)] if judges_dir is not None else [])
+    sources = [(eval_dir, False)] + [(d, True) for d in member_dirs if d is not None]
     for path, members in sources:
         columns = ["prompt_id", "response", "output_tokens", "score", "judge_flag", "member_scores"]
         table = pq.read_table(input_path(path), columns=columns).to_pylist()
         for r in table:
             scores = dict(r["member_scores"]) if members else {RUN_JUDGE: r["score"]}
             for judge, score in scores.items():
-                valid = not r["judge_flag"] and score is not None
+                valid = score is not None and not (isinstance(score, float) and score != score)  # NaN: flagged
                 rows.append({"prompt_id": r["prompt_id"], "judge": judge,
                              "score": float(score) if valid else float("nan"),
                              "empty": r["judge_flag"] == "empty_response",  # alma_ray.judge.rubric.FLAGS
@@ -72,7 +75,7 @@ def summarize(this: pd.DataFrame, previous: pd.DataFrame | None, first: pd.DataF
     out = []
     for judge, ours in this.groupby("judge", sort=True):
         row: dict[str, Any] = {"judge": judge, "prompts": len(ours), "mean_score": _mean(ours.score),
-                               "unscored": int(ours.score.isna().sum()),
+                               "unscored": int(ours.score.isna().sum()), "empty": int(ours["empty"].sum()),
                                "mean_tokens": float(ours.tokens.mean()), "mean_chars": float(ours.chars.mean())}
         for name, other in (("previous", previous), ("m1a", first)):
             theirs = None if other is None else other[other.judge == judge]
@@ -104,7 +107,7 @@ class EvalSummary(Stage):
                 if s is not None]
 
     def write(self, data: Any, out: Path) -> StageOutput:
-        frames = [None if e is None else judge_scores(e[0].path, e[1].path if e[1] is not None else None)
+        frames = [None if e is None else judge_scores(e[0].path, *(s.path if s is not None else None for s in e[1:]))
                   for e in (self.this, self.previous, self.first)]
         assert frames[0] is not None
         rows = [{"round": self.round, **r} for r in summarize(frames[0], frames[1], frames[2])]

@@ -154,7 +154,7 @@ class JudgeGate(Stage):
     name: str = "judge_gate"
 
     def loads(self) -> list[str]:
-        return [j.model for j in self.panel.judges]
+        return self.panel.loads()
 
     def sources(self) -> dict[str, str]:
         return {"pairs": text_digest(self.pairs)}
@@ -164,7 +164,8 @@ class JudgeGate(Stage):
         write_pylist(table, out)
         panel = next(r for r in table if r["judge"] == "panel")
         return self.counted(len(table), table=table, accuracy=panel["accuracy"], pairs=len(self.pairs),
-                            unscored=panel["unscored"], judge=self.panel.name, preference_set=self.set_name)
+                            unscored=panel["unscored"], judge=self.panel.name, preference_set=self.set_name,
+                            prefers_longer=panel["prefers_longer"])
 
 
 @dataclass

@@ -45,7 +45,7 @@ class Score(Stage):
     shows_progress = True
 
     def loads(self) -> list[str]:
-        return [j.model for j in self.panel.judges]
+        return self.panel.loads()
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
@@ -60,13 +60,16 @@ class Score(Stage):
                 self.engines.stop_app(self.panel)
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
-        """The mean score, the flagged rows, the scored responses' mean length in characters and the Pearson
+        """The mean score, the flagged rows, the scored responses' mean length in characters, the Pearson
         correlation of score with length (a judge that rewards length, or brevity, shows here; None when either
-        is constant)."""
+        is constant) and the least-squares slope of score on length (score per character; what length-controlled
+        selection takes out)."""
         n, s, c, sc, ss, cc = (sum(t[i] for t in tallies) for i in range(6))
         if not n:
-            return {"mean_score": None, "flagged": rows, "mean_chars": None, "score_length_corr": None}
-        var_s, var_c = ss / n - (s / n) ** 2, cc / n - (c / n) ** 2
-        corr = (sc / n - s * c / n**2) / math.sqrt(var_s * var_c) if var_s > 1e-12 and var_c > 1e-12 else None
+            return {"mean_score": None, "flagged": rows, "mean_chars": None, "score_length_corr": None,
+                    "score_length_slope": None}
+        var_s, var_c, cov = ss / n - (s / n) ** 2, cc / n - (c / n) ** 2, sc / n - s * c / n**2
+        corr = cov / math.sqrt(var_s * var_c) if var_s > 1e-12 and var_c > 1e-12 else None
         return {"mean_score": s / n, "flagged": rows - n, "mean_chars": c / n,
-                "score_length_corr": None if corr is None else round(corr, 4)}
+                "score_length_corr": None if corr is None else round(corr, 4),
+                "score_length_slope": cov / var_c if var_c > 1e-12 else 0.0}

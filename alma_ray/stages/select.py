@@ -15,21 +15,35 @@ from alma_ray.stages.base import SMALL_ROWS, Stage, shuffle_partitions
 from alma_ray.store import StageResult
 
 
-def _ranked(group: pd.DataFrame) -> pd.DataFrame:
-    # Highest score first; ties go to the lowest (checkpoint, sample_index), so reruns pick the same row.
-    return group.sort_values(["score", "checkpoint", "sample_index"], ascending=[False, True, True])
+def _ranked(group: pd.DataFrame, by: str = "score") -> pd.DataFrame:
+    # Highest first; ties go to the lowest (checkpoint, sample_index), so reruns pick the same row.
+    return group.sort_values([by, "checkpoint", "sample_index"], ascending=[False, True, True])
 
 
-def _best(group: pd.DataFrame) -> pd.DataFrame:
-    best = _ranked(group).head(1).copy()
+def _best(group: pd.DataFrame, length: LengthControl | None = None) -> pd.DataFrame:
+    group = group.copy()
+    if length is not None:
+        group["controlled_score"] = group["score"] - length.slope * (group["response"].str.len() - length.mean_chars)
+    best = _ranked(group, "score" if length is None else "controlled_score").head(1).copy()
     best["n_candidates"] = len(group)
     best["mean_score"] = float(group["score"].mean())
     return best
 
 
-def select_best(scored: Dataset, *, expected_rows: int) -> Dataset:
-    """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score."""
-    return per_prompt(scored, _best, expected_rows=expected_rows)
+@dataclass(frozen=True)
+class LengthControl:
+    """The round's least-squares fit of score on response length (``Score.figures``): what length-controlled
+    selection takes out of each score."""
+
+    slope: float
+    mean_chars: float
+
+
+def select_best(scored: Dataset, *, expected_rows: int, length: LengthControl | None = None) -> Dataset:
+    """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score; with
+    ``length``, best by ``controlled_score`` (its score less the round's length slope times its distance from the
+    mean length), kept as a column."""
+    return per_prompt(scored, _best, expected_rows=expected_rows, length=length)
 
 
 def per_prompt(scored: Dataset, pick: Any, *, expected_rows: int, valid: str = "judge_flag == ''",
@@ -58,17 +72,24 @@ def best_tally(table: Any) -> tuple[float, float]:
 class SelectBest(Stage):
     """D_r: the best-scored response of each prompt (the input: a scores stage)."""
 
+    length: LengthControl | None = None
+    """Set: length-controlled selection (``selection: length_controlled``), from the read scores' fit."""
     name: str = "selected"
-    needs: tuple[str, ...] = ("prompt_id", "score", "judge_flag", "checkpoint", "sample_index")
+    needs: tuple[str, ...] = ("prompt_id", "score", "judge_flag", "checkpoint", "sample_index", "response")
     empty_hint: str = "the judge flagged every response: see the scores stage's judge_flag column"
     tally = staticmethod(best_tally)
 
     def transform(self, data: Dataset | None) -> Dataset:
         assert data is not None
-        return select_best(data, expected_rows=self.input_rows or 0)
+        return select_best(data, expected_rows=self.input_rows or 0, length=self.length)
+
+    def sources(self) -> dict[str, str]:
+        return {} if self.length is None else {"selection": "length_controlled"}  # best: as before, no source
 
     def figures(self, tallies: list[Any], rows: int) -> dict[str, Any]:
-        return {"mean_best": sum(t[0] for t in tallies) / rows, "mean_all": sum(t[1] for t in tallies) / rows}
+        length = None if self.length is None else {"slope": self.length.slope, "mean_chars": self.length.mean_chars}
+        return {"mean_best": sum(t[0] for t in tallies) / rows, "mean_all": sum(t[1] for t in tallies) / rows,
+                "length_control": length}
 
 
 PAIR_KEYS = ("round", "prompt_id", "cluster_id", "prompt", "judge", "judge_version")

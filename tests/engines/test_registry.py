@@ -21,11 +21,16 @@ class App:
     """A served app stand-in, for the tests with no Ray: its name is all they read."""
 
     name: str
+    model: str = "a judge model"
+    """What it loads ("": a rule scorer, which holds no engine)."""
     kind: ClassVar[str] = "judge"
     route: ClassVar[str | None] = None
 
     def __str__(self) -> str:
         return self.name
+
+    def loads(self) -> list[str]:
+        return [self.model] if self.model else []
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -122,9 +127,10 @@ def test_new_sampling_engines_on_cpu_make_room_by_giving_back_judge_apps(monkeyp
         free["memory"] += 2 * GiB
 
     monkeypatch.setattr(engines, "stop_app", stop)
-    engines.apps = {App("judge"): "app-0", App("eval judge"): "app-1", App("third"): "app-2"}
-    engines.memory_for_engines(4 * GiB)  # 1 GiB free: two apps go, the third stays
-    assert stopped == ["judge", "eval judge"] and list(engines.apps) == [App("third")]
+    engines.apps = {App("rules", model=""): "app-r", App("judge"): "app-0", App("eval judge"): "app-1",
+                    App("third"): "app-2"}
+    engines.memory_for_engines(4 * GiB)  # 1 GiB free: two apps go, the third stays; the rule scorer frees nothing
+    assert stopped == ["judge", "eval judge"] and list(engines.apps) == [App("rules", model=""), App("third")]
     engines.memory_for_engines(4 * GiB)  # enough now: nothing more
     assert stopped == ["judge", "eval judge"]
 

@@ -1,5 +1,6 @@
-"""The judge on Ray Serve, for real: two judges (vLLM replicas) behind the ensemble ingress, scored through the
-handle, from Ray Data and over HTTP on 127.0.0.1, under 64 concurrent requests and bad input; then shut down."""
+"""The judge on Ray Serve, for real: two judges (vLLM replicas) and two rule scorers behind the ensemble ingress,
+scored through the handle, from Ray Data and over HTTP on 127.0.0.1, under 64 concurrent requests and bad input;
+then shut down."""
 
 from __future__ import annotations
 
@@ -44,23 +45,29 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str, serv
         judge={"model": tiny_model, "version": "t1", "max_response_chars": 100_000, "max_batch_size": 16,
                "http_port": port, "http_max_pairs": 8, "http_max_body_bytes": 65_536,
                "max_prompt_chars": 400, "ensemble": [{"name": "plain", "model": tiny_model, "weight": 3,
-                                                "chat_template": False}]},
+                                                "chat_template": False},
+                                               {"name": "short", "rules": {"max_chars": 12}, "weight": 2},
+                                               {"name": "ifb", "rules": {"ifbench": "strict"}}]},
         engine={"max_model_len": 1024, "dtype": "float32"}))
     pairs = [{"prompt": f"tell me about {w}", "response": f"{w} is a word"} for w in ["rain", "sea", "moon"]]
     bad = [{"prompt": "hi", "response": ""}, {"prompt": "hi", "response": "rain " * 5000},
            {"prompt": "hi", "response": None}, {"prompt": "hi", "response": 7}]
-    panel = Panel.of(config.judge, [ServedJudge(m.name, tiny_model, m.weight, m.chat_template)
-                                    for m in config.judge.members])
+    panel = Panel.of(config.judge, [ServedJudge.of(m, tiny_model) for m in config.judge.members])
+    assert panel.loads() == [tiny_model, tiny_model]  # rule scorers hold no engine
     with judge_service(panel, config.engine, config.resources) as handle:
         rows = handle.score.remote(pairs + bad).result()
-        for r in rows[:3]:
+        for p, r in zip(pairs, rows[:3]):
             assert r["judge_flag"] == "" and 0 <= r["score"] <= 10
-            main, plain = r["member_scores"]["main"], r["member_scores"]["plain"]
+            main, plain, short = (r["member_scores"][k] for k in ("main", "plain", "short"))
             assert main != pytest.approx(plain)  # the two judges read different prompts
-            assert r["score"] == pytest.approx((main + 3 * plain) / 4)
+            assert short == pytest.approx(10 * min(1, 12 / len(p["response"])))
+            assert math.isnan(r["member_scores"]["ifb"])  # no instructions: that member is left out of the mean
+            assert r["score"] == pytest.approx((main + 3 * plain + 2 * short) / 6)
             assert r["judge_version"] == "t1" and r["judge"].startswith("ensemble(main=")
-        assert [r["judge_flag"] for r in rows[3:]] == ["empty_response", "too_long", "not_text", "not_text"]
-        assert all(math.isnan(r["score"]) for r in rows[3:])
+            assert "short=rules-v1(max_chars=12)*2" in r["judge"]  # rule-based, with the rules' version
+        assert [r["judge_flag"] for r in rows[3:]] == ["empty_response", "", "not_text", "not_text"]
+        assert rows[4]["score"] == pytest.approx(10 * 12 / 25_000)  # too long for the LLMs: the rules alone
+        assert all(math.isnan(rows[i]["score"]) for i in (3, 5, 6))
 
         # The pipeline path: Ray Data calls the handle; every row comes back, with lineage.
         scored = score_dataset(ray.data.from_items(pairs * 8), batch_size=16, resources=config.resources).take_all()
@@ -74,6 +81,15 @@ def test_the_judge_app_scores_through_handle_data_and_http(tiny_model: str, serv
         assert _post(url, pairs[0])[0] == 401 and _post(url, pairs[0], "wrong")[0] == 401
         status, one = _post(url, pairs[0], TOKEN)
         assert status == 200 and one["score"] == pytest.approx(rows[0]["score"], abs=1e-6)
+        keywords = [{"id": "count:keywords_multiple", "kwargs": {  # IFBench: once, twice, 3, 5 and 7 times
+            "keyword1": "kaleidoscope", "keyword2": "nebula", "keyword3": "whisper", "keyword4": "labyrinth",
+            "keyword5": "paradox"}}]
+        followed = " ".join(["kaleidoscope"] + ["nebula"] * 2 + ["whisper"] * 3 + ["labyrinth"] * 5 + ["paradox"] * 7)
+        status, checked = _post(url, [{"prompt": "tell me", "response": followed, "instructions": keywords},
+                                      {"prompt": "tell me", "response": "nebula", "instructions": keywords}], TOKEN)
+        assert status == 200 and [c["member_scores"]["ifb"] for c in checked] == [10.0, 0.0]
+        m = checked[0]["member_scores"]
+        assert checked[0]["score"] == pytest.approx((m["main"] + 3 * m["plain"] + 2 * m["short"] + 10.0) / 7)
         status, many = _post(url, [pairs[1], bad[0]], TOKEN)
         assert status == 200 and many[1]["judge_flag"] == "empty_response" and many[1]["score"] is None
         assert _post(url, b"not json", TOKEN)[0] == 400

@@ -24,7 +24,9 @@ def test_figures_are_summed_over_write_tasks_and_flagged_rows_left_out() -> None
     assert got["flagged"] == 1 and got["mean_score"] == pytest.approx(s.mean())
     assert got["mean_chars"] == pytest.approx(c.mean())
     assert got["score_length_corr"] == pytest.approx(np.corrcoef(s, c)[0, 1], abs=1e-4)
+    assert got["score_length_slope"] == pytest.approx(np.polyfit(c, s, 1)[0])  # what length control takes out
     same = pa.table({"response": ["ab", "cd"], "score": [1.0, 4.0], "judge_flag": ["", ""]})
     assert _figures(same, rows=2)["score_length_corr"] is None  # every response as long: no correlation
+    assert _figures(same, rows=2)["score_length_slope"] == 0.0
     assert _figures(same.slice(0, 0), rows=0) == {"mean_score": None, "flagged": 0, "mean_chars": None,
-                                                   "score_length_corr": None}
+                                                   "score_length_corr": None, "score_length_slope": None}

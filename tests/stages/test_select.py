@@ -58,3 +58,31 @@ def test_dpo_pairs_are_the_best_against_a_random_other_or_the_worst() -> None:
     assert drawn == {"r0", "r2", "r3"}  # any other response, never the chosen one
     assert _pair(group, "random", "7").equals(_pair(group, "random", "7"))  # a rerun draws the same
     assert _pair(group.head(1), "random", "s").empty  # one valid response: no pair
+
+
+def test_length_controlled_selection_takes_the_rounds_length_bias_out() -> None:
+    """A judge that adds 0.02 a character to quality: plain best-of-N picks the longest answer, length-controlled
+    the best one; the slope is the one the scores stage fits (Score.figures from its write tallies)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from alma_ray.stages.score import Score, score_tally
+    from alma_ray.stages.select import LengthControl, _best
+
+    quality, lengths = [1.0, 3.0, 2.0], [300, 50, 100]
+    group = pd.DataFrame({"prompt_id": "p", "checkpoint": "a", "sample_index": range(3), "judge_flag": "",
+                          "response": ["x" * n for n in lengths],
+                          "score": [q + 0.02 * n for q, n in zip(quality, lengths)]})
+    tallies = [score_tally(pa.Table.from_pandas(group))]
+    fit = Score.figures(None, tallies, 3)  # type: ignore[arg-type]
+    import numpy as np
+
+    assert fit["score_length_slope"] == pytest.approx(np.polyfit(lengths, group.score, 1)[0])  # least squares
+    assert _best(group)["sample_index"].item() == 0  # plain: the longest
+    picked = _best(group, LengthControl(0.02, 150.0))
+    assert picked["sample_index"].item() == 1 and picked["controlled_score"].item() == pytest.approx(3.0 + 3.0)
+    wide = pd.DataFrame({"prompt_id": "p", "checkpoint": "a", "sample_index": range(50), "judge_flag": "",
+                         "response": ["x" * n for n in range(10, 510, 10)],
+                         "score": [2.0 + 0.5 * n for n in range(10, 510, 10)]})
+    exact = Score.figures(None, [score_tally(pa.Table.from_pandas(wide))], 50)  # type: ignore[arg-type]
+    assert exact["score_length_slope"] == pytest.approx(0.5) and exact["score_length_corr"] == pytest.approx(1.0)

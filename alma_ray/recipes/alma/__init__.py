@@ -9,13 +9,16 @@ Every stage is committed to the run directory (alma_ray.store) and skipped when 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig, names_run_model
+from alma_ray.config import LATEST, ROUND_ONE, AlmaConfig, ConfigError, JudgeMember, RuleConfig, names_run_model
 from alma_ray.engines.registry import Engines
 from alma_ray.errors import AlmaError
 from alma_ray.ids import prompt_id
+from alma_ray.judge import ifbench
 from alma_ray.judge.annotations import DEMO, accuracy_table, load_annotations
 from alma_ray.judge.preferences import load_preferences
 from alma_ray.judge.serve import Panel, ServedJudge
@@ -32,7 +35,7 @@ from alma_ray.stages.generate import Sample, Share, mix
 from alma_ray.stages.judge_build import JudgeGate
 from alma_ray.stages.score import Score
 from alma_ray.stages.seed_sft import SeedRows
-from alma_ray.stages.select import SelectBest, SelectPairs
+from alma_ray.stages.select import LengthControl, SelectBest, SelectPairs
 from alma_ray.stages.train import Train
 from alma_ray.store import MANIFEST, RunStore, StageResult, StoreError
 from alma_ray.train.objectives import DPO, SFT
@@ -84,8 +87,20 @@ class Trained:
         return out
 
 
-def gate(result: StageResult, min_accuracy: float | None) -> None:
-    """Stop the run when the judge's real-valued accuracy on the gate's set is below ``min_accuracy``."""
+def instruction_prompts(r: int, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` held-out IFBench prompts as probe rows, each with its instructions (JSON)."""
+    return [{"round": r, "prompt_id": f"ifbench-{p['key']}", "prompt": p["prompt"],
+             "instructions": json.dumps(p["instructions"])} for p in ifbench.eval_prompts(n)]
+
+
+def served(member: JudgeMember) -> ServedJudge:
+    """A judge of the config served: its model resolved to a folder, or its rules."""
+    return ServedJudge.of(member, resolve_model(member.model) if member.model is not None else "")
+
+
+def gate(result: StageResult, min_accuracy: float | None, max_length_preference: float | None = None) -> None:
+    """Stop the run when the judge's real-valued accuracy on the gate's set is below ``min_accuracy``, or when it
+    prefers the longer (or the shorter) answer more often than ``max_length_preference``."""
     s = result.manifest.stats
     if min_accuracy is not None and not s["accuracy"] >= min_accuracy:
         unscored = f" ({s['unscored']} it could not score: too long for engine.max_model_len?)" \
@@ -96,6 +111,16 @@ def gate(result: StageResult, min_accuracy: float | None) -> None:
             f"{min_accuracy}; per judge: {result.path}. Build a better judge (judge.build: more or better "
             f"annotations, more epochs), give another judge.model, or lower judge.min_accuracy (it is not part of "
             f"the run's digest: the same run directory continues)")
+    longer = s.get("prefers_longer")
+    if max_length_preference is not None and longer is not None and \
+            not 1 - max_length_preference <= longer <= max_length_preference:
+        side = "longer" if longer > 0.5 else "shorter"
+        raise JudgeGateError(
+            f"judge gate: {s['judge']} preferred the {side} answer in {max(longer, 1 - longer):.3f} of the pairs it "
+            f"ordered whose answers differ in length on {s['preference_set']}, above judge.max_length_preference="
+            f"{max_length_preference}: it would select by length. Per judge: {result.path}. Use a judge with less "
+            f"length bias, a length-aware selection, or raise judge.max_length_preference (not part of the run's "
+            f"digest)")
 
 
 class ALMARecipe:
@@ -118,8 +143,13 @@ class ALMARecipe:
             load_annotations(build.annotations)
         if config.seed_sft is not None:
             load_seed_sft(config.seed_sft, heldout=heldout)
-        if config.judge.min_accuracy is not None:
+        if config.judge.gated:
             load_preferences(config.judge.gate_pairs)
+        if config.eval.instructions:
+            try:
+                ifbench.eval_prompts(config.eval.instructions)
+            except ValueError as e:
+                raise ConfigError(f"{e}: lower eval.instructions") from None
 
     def run(self, config: AlmaConfig, store: RunStore, log: Log = print) -> RunSummary:
         with start(config, store, log, config.synthesis) as started:
@@ -128,8 +158,7 @@ class ALMARecipe:
             log(f"seeds: {len(seeds.prompts)} prompts ({len(fewshot)} few-shot pool, {len(heldout)} held out); "
                 f"skipped: {seeds.skipped_bad_lines} bad lines, {seeds.skipped_too_long} over "
                 f"synthesis.max_seed_chars, {seeds.skipped_other} duplicates or non-English")
-            judges = {m.name: ServedJudge(m.name, resolve_model(m.model), m.weight, m.chat_template, label=m.model)
-                      for m in config.judge.members}
+            judges = {m.name: served(m) for m in config.judge.members}
             if config.judge.build is not None:  # ALMA builds the judge once, then holds it fixed for every round
                 main = judges[config.judge.name]
                 built = build_judge(config, run, engines, base=base, judge_start=main.model, seed_prompts=fewshot)
@@ -137,11 +166,11 @@ class ALMARecipe:
                                                 label=f"round_000/{built.stage}")
                 log("judge accuracy on held-out preference pairs:\n" + accuracy_table(built.table))
             panel = Panel.of(config.judge, list(judges.values()))
-            if config.judge.min_accuracy is not None:  # before the judge selects any data
+            if config.judge.gated:  # before the judge selects any data
                 pairs = load_preferences(config.judge.gate_pairs)
                 gated = run.stage(0, JudgeGate(panel, pairs, engines, ", ".join(config.judge.gate_pairs)))
                 log("judge gate:\n" + accuracy_table(gated.manifest.stats["table"]))
-                gate(gated, config.judge.min_accuracy)
+                gate(gated, config.judge.min_accuracy, config.judge.max_length_preference)
             fixed = {c.name: resolve_model(c.model) for c in config.generation.checkpoints
                      if not names_run_model(c.model)}
             synthesis = synthesize(config, run, engines, base=base, seeds=fewshot, heldout=heldout,
@@ -192,7 +221,10 @@ class ALMARecipe:
                 self.evaluate(config, run, engines, r, model=trained.latest, label=f"round_{r:03d}/dpo",
                               panel=panel, heldout=heldout, trained=trained)
                 return
-            done = run.stage(r, SelectBest(), read=scores)
+            fit = scores.manifest.stats
+            length = LengthControl(fit["score_length_slope"] or 0.0, fit["mean_chars"] or 0.0) \
+                if config.selection == "length_controlled" else None
+            done = run.stage(r, SelectBest(length=length), read=scores)
             trained.selected.append(done)
             examples = list(trained.selected)
         init = base if train.init == "base" or trained.latest is None else trained.latest
@@ -222,12 +254,18 @@ class ALMARecipe:
                                       prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p}
                                                for p in heldout]))
         scored = run.stage(r, Score(panel, engines, name="eval"), read=answers)
-        by_judges = None
+        by_judges = by_rules = None
         if config.eval.judges:
-            judges = Panel.of(config.judge, [ServedJudge(j.name, resolve_model(j.model), j.weight, j.chat_template,
-                                                         label=j.model) for j in config.eval.judges])
+            judges = Panel.of(config.judge, [served(j) for j in config.eval.judges])
             by_judges = run.stage(r, Score(judges, engines, keep=False, name="eval_judges"), read=answers)
-        this = (scored, by_judges)
+        if config.eval.instructions:  # held-out IFBench prompts, scored by its checkers
+            checked = run.stage(r, Sample("probe_ifbench", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
+                                          completion_template=gen.completion_template, too_long=gen.too_long,
+                                          prompts=instruction_prompts(r, config.eval.instructions)))
+            checkers = Panel.of(config.judge, [ServedJudge(f"ifbench_{kind}", "", rules=RuleConfig(ifbench=kind))
+                                               for kind in ("strict", "loose")])
+            by_rules = run.stage(r, Score(checkers, engines, name="eval_ifbench"), read=checked)  # kept: no engine
+        this = (scored, by_judges, by_rules)
         run.stage(r, EvalSummary(this, trained.evals.get(r - 1), trained.evals.get(1) if r > 1 else None, r))
         trained.evals[r] = this
 

@@ -21,7 +21,8 @@ def round_line(config: AlmaConfig, r: int) -> str:
     train = config.train
     seeds = f" (x{train.round_one_seeds} seeds: M1a" + (", M1b" if train.round_one_seeds > 1 else "") + ")" \
         if r == 1 and train.round_one_seeds > 1 else ""
-    evaluate = " -> probe -> eval" + (" + eval_judges" if config.eval.judges else "") + " -> eval_summary" \
+    evaluate = " -> probe -> eval" + (" + eval_judges" if config.eval.judges else "") + \
+        (" + probe_ifbench -> eval_ifbench" if config.eval.instructions else "") + " -> eval_summary" \
         if config.synthesis.heldout else ""
     if r == 1 and config.seed_sft is not None:
         return f"seed_sft -> sft{seeds}{evaluate}"
@@ -55,14 +56,19 @@ def plan(config: AlmaConfig) -> Plan:
         pools += [engine_pool("judge_eval", f"serve-judge:{name}", res.judge_engines, engine=eng, resources=res)
                   for name in evaluated]
         steps.append(("round 0", "judge build: " + " -> ".join([*built, "judge_eval"])))
-    if config.judge.min_accuracy is not None:
-        steps.append(("round 0", f"judge_gate: real-valued accuracy >= {config.judge.min_accuracy} on "
-                                 f"{', '.join(config.judge.gate_pairs)}, else stop"))
+    if config.judge.gated:
+        bars = [f"real-valued accuracy >= {config.judge.min_accuracy}"] if config.judge.min_accuracy is not None \
+            else []
+        if config.judge.max_length_preference is not None:
+            bars.append(f"longer answer preferred in at most {config.judge.max_length_preference} (or shorter)")
+        steps.append(("round 0", f"judge_gate: {' and '.join(bars)} on {', '.join(config.judge.gate_pairs)}, "
+                                 "else stop"))
     if base_uses[0] == "synthesis":
         pools.append(engine_pool("synthesis", f"sampler:{config.base_model}", n, engine=eng, resources=res,
                                  lifetime=", ".join(base_uses) if len(base_uses) > 1 else ""))
     pools.append(engine_pool("embeddings", "base-embedder", n, engine=eng, resources=res, gpus=1.0))
-    judges = " + eval_judges" if config.eval.judges else ""
+    judges = (" + eval_judges" if config.eval.judges else "") + \
+        (" + probe_ifbench -> eval_ifbench" if config.eval.instructions else "")
     base_eval = f" -> probe -> eval{judges} -> eval_summary (the base model, while its engines are up)" \
         if config.synthesis.heldout else ""
     steps.append(("round 0", "synthesis" + base_eval + " -> prompt pool: pool -> embeddings -> clusters"))
@@ -72,7 +78,7 @@ def plan(config: AlmaConfig) -> Plan:
                                  lifetime=f"responses of {when}" + (str(config.rounds) if when == "rounds 2-"
                                                                     else "")))
     pools += [engine_pool("scores", f"serve-judge:{m.name}", res.judge_engines, engine=eng, resources=res,
-                          lifetime="scores of every round") for m in config.judge.members]
+                          lifetime="scores of every round") for m in config.judge.members if m.rules is None]
     pools.append(train_pool("sft", "sft-worker", res))
     pools.append(engine_pool("probe", "sampler:latest", 1, engine=eng, resources=res,
                              lifetime="probe, then the next round's responses" if LATEST in models else ""))

@@ -82,24 +82,51 @@ def test_the_gate_stops_a_judge_below_min_accuracy_and_names_it() -> None:
         gate(result, 0.6)
 
 
-def test_the_gate_at_a_real_bar_refuses_a_random_judge_and_passes_one_that_reads_the_answer() -> None:
-    """200 pairs whose chosen answer has a property the rejected one lacks (it names the capital): a judge that
-    scores by the property orders all of them; a judge that scores at random orders about half. At the bar 0.8 the
-    gate passes the one and refuses the other (the accuracies as the gate stage computes them)."""
+def test_the_gate_bounds_how_often_the_judge_prefers_the_longer_or_the_shorter_answer() -> None:
+    from pathlib import Path
+
+    from alma_ray.recipes.alma import JudgeGateError, gate
+    from alma_ray.store import Manifest, StageResult
+
+    def result(longer: float | None) -> StageResult:
+        stats = {"accuracy": 0.9, "pairs": 12, "judge": "j", "preference_set": "p", "prefers_longer": longer}
+        return StageResult(Path("run/round_000/judge_gate"), Manifest(
+            stage="judge_gate", round=0, rows=3, config_hash="", input_hashes={}, wall_s=0.0, started_at=0.0,
+            stats=stats), skipped=False)
+
+    for longer in (0.25, 0.5, 0.75, None):  # within [1 - 0.75, 0.75], or nothing to measure
+        gate(result(longer), 0.8, 0.75)
+    gate(result(0.9), 0.8)  # measured, not bounded
+    with pytest.raises(JudgeGateError, match=r"preferred the longer answer in 0.900 .* judge.max_length_preference"
+                                             r"=0.75"):
+        gate(result(0.9), 0.8, 0.75)
+    with pytest.raises(JudgeGateError, match=r"preferred the shorter answer in 0.800 "):
+        gate(result(0.2), None, 0.75)
+
+
+def test_the_gate_at_a_real_bar_refuses_a_random_judge_and_passes_a_rule_judge_of_the_property() -> None:
+    """200 pairs whose chosen answer has a property the rejected one lacks (it names the capital), lengths drawn
+    apart from it: the rule judge that scores the property (``alma_ray.judge.rules``) orders all of them; a judge
+    that scores at random orders about half. At the bar 0.8 the gate passes the one and refuses the other (the
+    accuracies as the gate stage computes them)."""
     from pathlib import Path
 
     import numpy as np
 
+    from alma_ray.config import RuleConfig
     from alma_ray.judge.annotations import pairwise_accuracy
+    from alma_ray.judge.rules import RuleScorer
     from alma_ray.recipes.alma import JudgeGateError, gate
     from alma_ray.store import Manifest, StageResult
 
     rng = np.random.default_rng(0)
     chosen = [f"The capital is Paris. {'More words. ' * int(k)}" for k in rng.integers(0, 5, 200)]
     rejected = [f"I am not sure. {'More words. ' * int(k)}" for k in rng.integers(0, 5, 200)]
+    rule = RuleScorer(RuleConfig(contains=r"\bParis\b", ends_sentence=True))
 
     def reads(answer: str) -> float:
-        return 8.0 + 0.1 * len(answer) / 100 if "Paris" in answer else 2.0
+        (row,) = rule.score(["What is the capital of France?"], [answer])
+        return float(row["score"])
 
     def result(scores: tuple[np.ndarray, np.ndarray]) -> StageResult:
         acc = pairwise_accuracy(*scores)

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from alma_ray.config import RuleConfig
+from alma_ray.judge.rules import RuleScorer
 from tests.conftest import ALMA_TINY, DPO_VARIANT, PublishedRun, alma_cli
 
 pytestmark = pytest.mark.e2e
@@ -38,12 +40,15 @@ def test_the_gate_stops_a_judge_below_the_bar_and_the_same_run_goes_on_below_it(
     stopped = alma_cli(published.parent, ray_address, "judge.min_accuracy=0.8")  # the bar is not in the run's digest
     assert stopped.returncode == 2, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     error = next(line for line in stopped.stderr.splitlines() if line.startswith("alma-ray: error:"))
-    assert error.startswith("alma-ray: error: judge gate: embedded:tiny-llama ordered "), error
+    judge = "ensemble(main=embedded:tiny-llama*1,short=rules-v1(max_chars=16)*50)"  # the panel, rule member named
+    assert error.startswith(f"alma-ray: error: judge gate: {judge} ordered "), error
     gate = _stats(published / "round_000" / "judge_gate")
-    assert f"ordered {gate['accuracy']:.3f} of 12 preference pairs right" in error  # the random judge: refused
+    assert f"ordered {gate['accuracy']:.3f} of 12 preference pairs right" in error  # a brevity judge: refused
     assert "on embedded:tiny-preferences, below judge.min_accuracy=0.8" in error
-    assert gate["pairs"] == 12 and {r["judge"] for r in gate["table"]} == {"main", "panel", "longer answer"}
+    table = {r["judge"]: r for r in gate["table"]}
+    assert gate["pairs"] == 12 and set(table) == {"main", "short", "panel", "longer answer"}
     assert gate["unscored"] == 0 and gate["accuracy"] < 0.8  # the judge scored every pair
+    assert table["short"]["prefers_longer"] == 0.0 and gate["prefers_longer"] == table["panel"]["prefers_longer"]
 
 
 def test_round_one_is_seed_sft_with_two_seeds_and_samples_nothing(published: Path) -> None:
@@ -97,8 +102,8 @@ def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) 
     tables = {r: _stats(published / f"round_00{r}" / "eval_summary")["table"] for r in range(4)}
     answers = {r: _answers(published, r) for r in range(4)}
     for r, rows in tables.items():
-        (row,) = rows
-        assert row["judge"] == "run judge" and row["prompts"] == 2 and row["mean_tokens"] > 0, r
+        (row,) = [row for row in rows if row["judge"] == "run judge"]
+        assert row["prompts"] == 8 and row["mean_tokens"] > 0 and row["empty"] == 0, r
         scored = [score for score, _ in answers[r].values() if score is not None]
         assert row["mean_score"] == pytest.approx(np.mean(scored) if scored else None), r
         previous = _win_rate(answers[r], answers[r - 1]) if r > 0 else None
@@ -110,6 +115,17 @@ def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) 
     assert set(pq.read_table(published / "round_002" / "probe").to_pandas().checkpoint) == {"round_002/sft"}
     rounds = (published / "rounds.md").read_text()
     assert rounds.count("| run judge |") == 4 and "win rate vs M1a" in rounds and "score~length r" in rounds
+    for r in range(4):  # the verifiable instructions: IFBench's checkers on held-out IFBench prompts, row by row
+        checked = pq.read_table(published / f"round_00{r}" / "eval_ifbench").to_pandas()
+        assert len(checked) == 4 and checked.prompt_id.str.startswith("ifbench-").all()
+        for kind in ("strict", "loose"):
+            ours = [dict(m)[f"ifbench_{kind}"] for m in checked.member_scores]
+            theirs = [x["score"] for x in RuleScorer(RuleConfig(ifbench=kind)).score(
+                list(checked.prompt), list(checked.response), list(checked.instructions))]
+            np.testing.assert_allclose(ours, theirs, equal_nan=True, err_msg=f"round {r} {kind}")
+            row = next(row for row in tables[r] if row["judge"] == f"ifbench_{kind}")
+            valid = [x for x in theirs if not math.isnan(x)]
+            assert row["mean_score"] == pytest.approx(np.mean(valid) if valid else None), (r, kind)
     stats = _stats(published / "round_002" / "scores")  # how the run judge's scores go with length, recomputed
     rows = pq.read_table(published / "round_002" / "scores").to_pandas().query("judge_flag == ''")
     chars = rows.response.str.len().to_numpy(dtype=float)
@@ -117,6 +133,33 @@ def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) 
     corr = None if rows.score.std() == 0 or chars.std() == 0 else np.corrcoef(rows.score, chars)[0, 1]
     assert stats["score_length_corr"] == pytest.approx(corr, abs=1e-4)
     assert "## Evaluation: held-out prompts" in (published / "round_003" / "report.md").read_text()
+
+
+MARGIN_BEST_OF_N, MARGIN_DPO = 1.5, 1.0
+"""How far P must move, about half of what the preset's runs moved it (2026-12-08, docs/alma.md): best-of-N, M1a
+3.31 -> round 3 6.24 (round 2 6.65); the DPO variant with the inverted rule, M1a 3.31 -> round 2 1.35."""
+DPO_STEPS = 2
+"""The DPO variant's steps in round 2: 4 pairs on 2 ranks of micro-batch 2, train.epochs=2."""
+SHORT = RuleConfig(max_chars=16)
+"""The property P the preset's rule member prefers (short answers); the DPO variant's member prefers the opposite."""
+
+
+def _p(run_dir: Path, r: int) -> float:
+    """P of round ``r``'s held-out answers: their mean score by the ``SHORT`` rules, recomputed from the text."""
+    answers = pq.read_table(run_dir / f"round_00{r}" / "probe").to_pandas()
+    assert len(answers) == 8 and (answers.output_tokens > 0).all()  # none empty: every answer counts
+    return float(np.mean([x["score"] for x in RuleScorer(SHORT).score(list(answers.prompt), list(answers.response))]))
+
+
+def test_best_of_n_moves_the_model_the_way_its_judge_prefers(published: Path) -> None:
+    """The run's judge leads with a rule member that prefers short answers; best-of-N picks them and round r
+    trains on D_1..D_r: round 3's model answers the held-out prompts shorter than M1a, by a margin measured on
+    this preset (docs/alma.md). Fails when the loop selects the lowest score (shown in the note of 2026-12-08)."""
+    selected = pq.read_table(published / "round_003" / "selected").to_pandas()
+    scores = pq.read_table(published / "round_003" / "scores").to_pandas()
+    assert selected.response.str.len().mean() < scores.response.str.len().mean()  # the picks are the short ones
+    p = {r: _p(published, r) for r in (1, 2, 3)}
+    assert p[3] >= p[1] + MARGIN_BEST_OF_N, p
 
 
 def _margins(model: str, pairs: Any) -> Any:
@@ -144,14 +187,23 @@ def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(dpo_run: tuple[
     assert {"prompt", "chosen", "rejected", "chosen_checkpoint", "rejected_sample_index", "judge"} <= set(pairs)
     assert not (r2 / "selected").exists() and not (r2 / "sft").exists()
     metrics = json.loads((r2 / "dpo" / "train_metrics.json").read_text())
-    assert metrics["steps"] == 1 and json.loads((r2 / "dpo" / "_MANIFEST.json").read_text())["rows"] == 4
+    assert metrics["steps"] == DPO_STEPS and json.loads((r2 / "dpo" / "_MANIFEST.json").read_text())["rows"] == 4
     # The policy starts as its reference (M1a, log-probs precomputed in a Ray Data pass): every margin is 0 and the
-    # loss is exactly log 2. Its one step (4 pairs, 2 ranks) raised the chosen answers' log-prob over the rejected
-    # ones against M1a: DPO's implicit reward margin, recomputed here from the two saved folders.
+    # loss is exactly log 2. Its steps (4 pairs, 2 ranks, 2 epochs) raised the chosen answers' log-prob over the
+    # rejected ones against M1a: DPO's implicit reward margin, recomputed here from the two saved folders.
     assert metrics["losses"][0] == pytest.approx(math.log(2), abs=1e-4)
     m1a, dpo = (_margins(str(d), pairs) for d in (dpo_run[0] / "round_001" / "sft", r2 / "dpo"))
     assert (dpo - m1a).mean() > 0, (dpo, m1a)
     assert set(pq.read_table(r2 / "probe").to_pandas().checkpoint) == {"round_002/dpo"}  # vLLM loads it
+
+
+def test_the_dpo_variant_moves_the_model_the_way_its_inverted_rule_prefers(dpo_run: tuple[Path, dict]) -> None:
+    """The DPO variant's judge leads with the inverted rule (longer is better): its pairs choose the longer answer
+    and DPO from M1a moves round 2's model away from P (short answers), by a margin measured on this preset."""
+    pairs = pq.read_table(dpo_run[0] / "round_002" / "pairs").to_pandas()
+    assert (pairs.chosen.str.len() > pairs.rejected.str.len()).all()
+    p = {r: _p(dpo_run[0], r) for r in (1, 2)}
+    assert p[2] <= p[1] - MARGIN_DPO, p
 
 
 def test_bad_inputs_stop_before_any_work(tmp_path: Path, ray_address: str) -> None:
@@ -173,10 +225,10 @@ def test_the_evaluation_judges_score_every_rounds_answers(dpo_run: tuple[Path, d
         stage = dpo_run[0] / f"round_00{r}"
         judged = pq.read_table(stage / "eval_judges").to_pandas()
         probe = pq.read_table(stage / "probe").to_pandas()
-        assert sorted(judged.prompt_id) == sorted(probe.prompt_id) and len(judged) == 2
+        assert sorted(judged.prompt_id) == sorted(probe.prompt_id) and len(judged) == 8
         members = [dict(m) for m in judged.member_scores]
         assert all(set(m) == {"plain"} for m in members)
         table = {row["judge"]: row for row in _stats(stage / "eval_summary")["table"]}
-        assert set(table) == {"run judge", "plain"}
+        assert set(table) == {"run judge", "plain", "ifbench_strict", "ifbench_loose"}
         scores = [m["plain"] for m, flag in zip(members, judged.judge_flag) if not flag]
         assert table["plain"]["mean_score"] == pytest.approx(np.mean(scores) if scores else None)

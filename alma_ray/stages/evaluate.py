@@ -22,25 +22,42 @@ import pyarrow.parquet as pq
 from alma_ray.stages.base import Stage, write_pylist
 from alma_ray.store import StageOutput, StageResult, input_path
 
-Evals = tuple[StageResult, StageResult | None, StageResult | None]
-"""A round's committed ``eval`` stage, its ``eval_judges`` stage and its ``eval_ifbench`` stage (None when not
-set): the first scored by the run's judge, the others by their members."""
-
 RUN_JUDGE = "run judge"
 """The judge column of the run's own (fixed) judge in an evaluation: the panel's weighted score."""
+SAMPLED = "run judge, sampled"
+"""The same judge on the sampled answers (``eval.samples`` a prompt at the generation temperature)."""
 
 
-def judge_scores(eval_dir: Path, *member_dirs: Path | None) -> pd.DataFrame:
-    """One row per (prompt, judge): ``prompt_id``, ``judge``, ``score`` (NaN when flagged), ``empty`` (the scorer
-    flagged the answer as empty), ``tokens``, ``chars``. The run's judge from ``eval_dir``, each judge of a panel
-    (its ``member_scores``) from each of ``member_dirs`` (the evaluation judges, the IFBench checkers)."""
+@dataclass(frozen=True)
+class Evals:
+    """A round's committed evaluation stages: ``eval`` (the run's judge on the probe answers) and, where set,
+    ``eval_sampled`` (the run's judge on sampled answers), ``eval_judges`` and ``eval_ifbench`` (each judge of
+    their panels on its own)."""
+
+    run: StageResult
+    sampled: StageResult | None = None
+    judges: StageResult | None = None
+    ifbench: StageResult | None = None
+
+    def stages(self) -> list[StageResult]:
+        return [s for s in (self.run, self.sampled, self.judges, self.ifbench) if s is not None]
+
+    def scores(self) -> pd.DataFrame:
+        sources = [(self.run, RUN_JUDGE), (self.sampled, SAMPLED), (self.judges, None), (self.ifbench, None)]
+        return judge_scores([(s.path, label) for s, label in sources if s is not None])
+
+
+def judge_scores(sources: list[tuple[Path, str | None]]) -> pd.DataFrame:
+    """One row per (answer, judge): ``prompt_id``, ``judge``, ``score`` (NaN when flagged), ``empty`` (the scorer
+    flagged the answer as empty), ``tokens``, ``chars``. Each source is a scored stage and the judge name of its
+    panel's score, or None for each judge of its panel by name (its ``member_scores``: the evaluation judges, the
+    IFBench checkers)."""
     rows = []
-    sources = [(eval_dir, False)] + [(d, True) for d in member_dirs if d is not None]
-    for path, members in sources:
+    for path, label in sources:
         columns = ["prompt_id", "response", "output_tokens", "score", "judge_flag", "member_scores"]
         table = pq.read_table(input_path(path), columns=columns).to_pylist()
         for r in table:
-            scores = dict(r["member_scores"]) if members else {RUN_JUDGE: r["score"]}
+            scores = dict(r["member_scores"]) if label is None else {label: r["score"]}
             for judge, score in scores.items():
                 valid = score is not None and not (isinstance(score, float) and score != score)  # NaN: flagged
                 rows.append({"prompt_id": r["prompt_id"], "judge": judge,
@@ -103,12 +120,10 @@ class EvalSummary(Stage):
     name: str = "eval_summary"
 
     def reads(self) -> list[StageResult]:
-        return [s for evals in (self.this, self.previous, self.first) if evals is not None for s in evals
-                if s is not None]
+        return [s for evals in (self.this, self.previous, self.first) if evals is not None for s in evals.stages()]
 
     def write(self, data: Any, out: Path) -> StageOutput:
-        frames = [None if e is None else judge_scores(e[0].path, *(s.path if s is not None else None for s in e[1:]))
-                  for e in (self.this, self.previous, self.first)]
+        frames = [None if e is None else e.scores() for e in (self.this, self.previous, self.first)]
         assert frames[0] is not None
         rows = [{"round": self.round, **r} for r in summarize(frames[0], frames[1], frames[2])]
         write_pylist(rows, out)

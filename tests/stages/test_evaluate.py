@@ -50,3 +50,39 @@ def test_summary_per_judge_with_nothing_to_compare_in_round_one() -> None:
     unscored = summarize(_scores("j", {"a": float("nan")}), None, None)[0]
     assert unscored["mean_score"] is None and unscored["win_rate_vs_previous"] is None and unscored["unscored"] == 1
     assert not math.isnan(unscored["mean_tokens"])
+
+
+def test_a_rounds_evaluations_are_read_per_judge_the_sampled_answers_apart(tmp_path) -> None:
+    """``Evals.scores``: the run judge's panel score of the probe and of the sampled answers under their own names,
+    every member of the other panels (evaluation judges, IFBench checkers) by its name; empty answers counted."""
+    from pathlib import Path
+
+    from alma_ray.stages.evaluate import RUN_JUDGE, SAMPLED, Evals
+    from alma_ray.store import Manifest, StageResult
+
+    def stage(name: str, rows: list[dict]) -> StageResult:
+        path = tmp_path / name
+        path.mkdir()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{"output_tokens": len(r["response"]), "member_scores": {}, **r} for r in rows])
+        members = pa.array([list(r.get("member_scores", {}).items()) for r in rows], pa.map_(pa.string(), pa.float64()))
+        pq.write_table(table.set_column(table.schema.get_field_index("member_scores"), "member_scores", members),
+                       path / "part-0.parquet")
+        return StageResult(Path(path), Manifest(stage=name, round=1, rows=len(rows), config_hash="", input_hashes={},
+                                                 wall_s=0.0, started_at=0.0, stats={}), skipped=False)
+
+    run = stage("eval", [{"prompt_id": "a", "response": "yes", "score": 6.0, "judge_flag": ""}])
+    sampled = stage("eval_sampled", [{"prompt_id": "a", "response": r, "score": s, "judge_flag": f}
+                                     for r, s, f in (("one", 2.0, ""), ("", math.nan, "empty_response"))])
+    checked = stage("eval_ifbench", [{"prompt_id": "ifbench-1", "response": "x", "score": 5.0, "judge_flag": "",
+                                      "member_scores": {"ifbench_strict": 0.0, "ifbench_loose": 10.0}}])
+    frame = Evals(run, sampled=sampled, ifbench=checked).scores()
+    rows = summarize(frame, None, None)
+    by = {r["judge"]: r for r in rows}
+    assert set(by) == {RUN_JUDGE, SAMPLED, "ifbench_strict", "ifbench_loose"}
+    assert by[RUN_JUDGE]["mean_score"] == 6.0 and by[SAMPLED]["mean_score"] == 2.0
+    assert by[SAMPLED]["prompts"] == 2 and by[SAMPLED]["empty"] == 1 and by[SAMPLED]["unscored"] == 1
+    assert by["ifbench_strict"]["mean_score"] == 0.0 and by["ifbench_loose"]["mean_score"] == 10.0
+    assert Evals(run, sampled=sampled, ifbench=checked).stages() == [run, sampled, checked]

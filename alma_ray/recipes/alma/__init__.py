@@ -10,7 +10,7 @@ Every stage is committed to the run directory (alma_ray.store) and skipped when 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,32 +240,40 @@ class ALMARecipe:
 
     def evaluate(self, config: AlmaConfig, run: Run, engines: Engines, r: int, *, model: str, label: str,
                  panel: Panel, heldout: list[str], trained: Trained) -> None:
-        """Round ``r``'s model answers the held-out prompts (``probe``); the run's judge (and ``eval.judges``)
-        scores the answers; ``eval_summary`` compares them with the previous round's and M1a's."""
+        """Round ``r``'s model answers the held-out prompts (``probe``; and ``eval.samples`` sampled answers each,
+        ``probe_sampled``); the run's judge scores them (``eval``, ``eval_sampled``), ``eval.judges`` the probe
+        answers (``eval_judges``); with ``eval.instructions`` it answers held-out IFBench prompts that IFBench's
+        checkers score (``probe_ifbench``, ``eval_ifbench``); ``eval_summary`` compares every judge's figures
+        with the previous round's and M1a's."""
         if not heldout:
             return
         gen = config.generation
-        sampling = dict(temperature=gen.probe_temperature, max_tokens=gen.max_tokens, stop=gen.stop or None)
+        greedy = dict(temperature=gen.probe_temperature, max_tokens=gen.max_tokens, stop=gen.stop or None)
         if gen.probe_min_tokens:
-            sampling["min_tokens"] = gen.probe_min_tokens
-        probe = Share(label, model, 1, sampling)
-        answers = run.stage(r, Sample("probe", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
-                                      completion_template=gen.completion_template, too_long=gen.too_long,
-                                      prompts=[{"round": r, "prompt_id": prompt_id(p), "prompt": p}
-                                               for p in heldout]))
-        scored = run.stage(r, Score(panel, engines, name="eval"), read=answers)
-        by_judges = by_rules = None
+            greedy["min_tokens"] = gen.probe_min_tokens
+        held = [{"round": r, "prompt_id": prompt_id(p), "prompt": p} for p in heldout]
+
+        def answer(name: str, n: int, sampling: dict[str, Any], prompts: list[dict[str, Any]]) -> StageResult:
+            return run.stage(r, Sample(name, [Share(label, model, n, sampling)], engines,
+                                       seed_salt=f"{config.seed}:{r}:{name}", too_long=gen.too_long,
+                                       completion_template=gen.completion_template, prompts=prompts))
+
+        answers = answer("probe", 1, greedy, held)
+        this = Evals(run.stage(r, Score(panel, engines, name="eval"), read=answers))
+        if config.eval.samples:  # at the generation's own settings: what the next round would sample
+            settings = dict(temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens,
+                            stop=gen.stop or None)
+            sampled = answer("probe_sampled", config.eval.samples, settings, held)
+            this = replace(this, sampled=run.stage(r, Score(panel, engines, name="eval_sampled"), read=sampled))
         if config.eval.judges:
             judges = Panel.of(config.judge, [served(j) for j in config.eval.judges])
-            by_judges = run.stage(r, Score(judges, engines, keep=False, name="eval_judges"), read=answers)
+            this = replace(this, judges=run.stage(r, Score(judges, engines, keep=False, name="eval_judges"),
+                                                  read=answers))
         if config.eval.instructions:  # held-out IFBench prompts, scored by its checkers
-            checked = run.stage(r, Sample("probe_ifbench", [probe], engines, seed_salt=f"{config.seed}:{r}:probe",
-                                          completion_template=gen.completion_template, too_long=gen.too_long,
-                                          prompts=instruction_prompts(r, config.eval.instructions)))
+            checked = answer("probe_ifbench", 1, greedy, instruction_prompts(r, config.eval.instructions))
             checkers = Panel.of(config.judge, [ServedJudge(f"ifbench_{kind}", "", rules=RuleConfig(ifbench=kind))
                                                for kind in ("strict", "loose")])
-            by_rules = run.stage(r, Score(checkers, engines, name="eval_ifbench"), read=checked)  # kept: no engine
-        this = (scored, by_judges, by_rules)
+            this = replace(this, ifbench=run.stage(r, Score(checkers, engines, name="eval_ifbench"), read=checked))
         run.stage(r, EvalSummary(this, trained.evals.get(r - 1), trained.evals.get(1) if r > 1 else None, r))
         trained.evals[r] = this
 

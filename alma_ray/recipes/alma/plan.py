@@ -16,14 +16,19 @@ def mix_line(config: AlmaConfig, r: int) -> str:
     return ", ".join(f"{c.name} x{k}" for c, k in zip(here, shares) if k) or "(no checkpoint has a model)"
 
 
+def evaluation(config: AlmaConfig) -> str:
+    """The evaluation's stages, in one line."""
+    return (" -> probe -> eval" + (" + probe_sampled -> eval_sampled" if config.eval.samples else "")
+            + (" + eval_judges" if config.eval.judges else "")
+            + (" + probe_ifbench -> eval_ifbench" if config.eval.instructions else "") + " -> eval_summary")
+
+
 def round_line(config: AlmaConfig, r: int) -> str:
     """What round ``r`` runs, in one line."""
     train = config.train
     seeds = f" (x{train.round_one_seeds} seeds: M1a" + (", M1b" if train.round_one_seeds > 1 else "") + ")" \
         if r == 1 and train.round_one_seeds > 1 else ""
-    evaluate = " -> probe -> eval" + (" + eval_judges" if config.eval.judges else "") + \
-        (" + probe_ifbench -> eval_ifbench" if config.eval.instructions else "") + " -> eval_summary" \
-        if config.synthesis.heldout else ""
+    evaluate = evaluation(config) if config.synthesis.heldout else ""
     if r == 1 and config.seed_sft is not None:
         return f"seed_sft -> sft{seeds}{evaluate}"
     head = f"prompts -> responses [{mix_line(config, r)}] -> scores -> "
@@ -67,9 +72,7 @@ def plan(config: AlmaConfig) -> Plan:
         pools.append(engine_pool("synthesis", f"sampler:{config.base_model}", n, engine=eng, resources=res,
                                  lifetime=", ".join(base_uses) if len(base_uses) > 1 else ""))
     pools.append(engine_pool("embeddings", "base-embedder", n, engine=eng, resources=res, gpus=1.0))
-    judges = (" + eval_judges" if config.eval.judges else "") + \
-        (" + probe_ifbench -> eval_ifbench" if config.eval.instructions else "")
-    base_eval = f" -> probe -> eval{judges} -> eval_summary (the base model, while its engines are up)" \
+    base_eval = f"{evaluation(config)} (the base model, while its engines are up)" \
         if config.synthesis.heldout else ""
     steps.append(("round 0", "synthesis" + base_eval + " -> prompt pool: pool -> embeddings -> clusters"))
     for model in dict.fromkeys(m for m in models if m != config.base_model and m != LATEST):

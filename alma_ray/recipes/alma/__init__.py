@@ -222,7 +222,7 @@ class ALMARecipe:
                               panel=panel, heldout=heldout, trained=trained)
                 return
             fit = scores.manifest.stats
-            length = LengthControl(fit["score_length_slope"] or 0.0, fit["mean_chars"] or 0.0) \
+            length = LengthControl(fit.get("score_length_slope") or 0.0, fit["mean_chars"] or 0.0) \
                 if config.selection == "length_controlled" else None
             done = run.stage(r, SelectBest(length=length), read=scores)
             trained.selected.append(done)

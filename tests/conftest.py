@@ -168,11 +168,12 @@ DPO_VARIANT = ("name=alma-tiny-dpo", "train.objective=dpo", "rounds=2", "train.r
                "generation.checkpoints=[{name: m1a, model: 'round_one:0'}]", "synthesis.num_requests=12",
                "synthesis.clustering.clusters=4", "part_rows=2",
                "judge.ensemble=[{name: long, rules: {max_chars: 16, invert: true}, weight: 50}]",
-               "eval.judges=[{name: plain, model: 'embedded:tiny-llama', chat_template: false}]")
+               "eval.judges=[{name: ends, rules: {ends_sentence: true}}]", "eval.instructions=0")
 """The smallest ALMA run with every kind of stage: the DPO variant on alma-tiny (one seed, one checkpoint, two
-rounds, an evaluation judge beside the run's: the same tiny model reading plain prompts), its rule member inverted
-(longer is better); stages write files of 2 rows and long stages commit a part per input file (synthesis: per 2
-requests), so a kill leaves some parts done: round 2's 4 prompts are 2 parts of responses."""
+rounds, an evaluation judge beside the run's: a rule judge of whether an answer ends a sentence; no IFBench
+prompts: the published run answers them), its rule member inverted (longer is better); stages write files of 2
+rows and long stages commit a part per input file (synthesis: per 2 requests), so a kill leaves some parts done:
+round 2's 4 prompts are 2 parts of responses."""
 
 
 def alma_cli(out: Path, address: str, *overrides: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:

@@ -267,8 +267,7 @@ class ALMARecipe:
             this = replace(this, sampled=run.stage(r, Score(panel, engines, name="eval_sampled"), read=sampled))
         if config.eval.judges:
             judges = Panel.of(config.judge, [served(j) for j in config.eval.judges])
-            this = replace(this, judges=run.stage(r, Score(judges, engines, keep=False, name="eval_judges"),
-                                                  read=answers))
+            this = replace(this, judges=run.stage(r, Score(judges, engines, name="eval_judges"), read=answers))
         if config.eval.instructions:  # held-out IFBench prompts, scored by its checkers
             checked = answer("probe_ifbench", 1, greedy, instruction_prompts(r, config.eval.instructions))
             checkers = Panel.of(config.judge, [ServedJudge(f"ifbench_{kind}", "", rules=RuleConfig(ifbench=kind))

@@ -219,16 +219,21 @@ def test_bad_inputs_stop_before_any_work(tmp_path: Path, ray_address: str) -> No
 
 
 def test_the_evaluation_judges_score_every_rounds_answers(dpo_run: tuple[Path, dict]) -> None:
-    """``eval.judges`` (the DPO variant has one: ``plain``) scores each round's held-out answers beside the run's
-    judge; the summary has a row for it, its mean score the mean of its scores."""
+    """``eval.judges`` (the DPO variant has one: ``ends``, a rule judge that did not select the data) scores each
+    round's held-out answers beside the run's judge, row for row as its rules score them; the summary has a row for
+    it, its mean score the mean of its scores."""
+    ends = RuleScorer(RuleConfig(ends_sentence=True))
     for r in range(3):
         stage = dpo_run[0] / f"round_00{r}"
         judged = pq.read_table(stage / "eval_judges").to_pandas()
         probe = pq.read_table(stage / "probe").to_pandas()
         assert sorted(judged.prompt_id) == sorted(probe.prompt_id) and len(judged) == 8
         members = [dict(m) for m in judged.member_scores]
-        assert all(set(m) == {"plain"} for m in members)
+        assert all(set(m) == {"ends"} for m in members)
+        expected = [x["score"] for x in ends.score(list(judged.prompt), list(judged.response))]
+        np.testing.assert_allclose([m["ends"] for m in members], expected, equal_nan=True)
+        assert set(judged.judge) == {"rules-v1(ends_sentence)"}
         table = {row["judge"]: row for row in _stats(stage / "eval_summary")["table"]}
-        assert set(table) == {"run judge", "plain", "ifbench_strict", "ifbench_loose"}
-        scores = [m["plain"] for m, flag in zip(members, judged.judge_flag) if not flag]
-        assert table["plain"]["mean_score"] == pytest.approx(np.mean(scores) if scores else None)
+        assert set(table) == {"run judge", "ends"}
+        scores = [m["ends"] for m, flag in zip(members, judged.judge_flag) if not flag]
+        assert table["ends"]["mean_score"] == pytest.approx(np.mean(scores) if scores else None)

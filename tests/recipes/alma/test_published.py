@@ -135,9 +135,11 @@ def test_every_round_is_evaluated_against_the_previous_and_m1a(published: Path) 
     assert "## Evaluation: held-out prompts" in (published / "round_003" / "report.md").read_text()
 
 
-MARGIN_BEST_OF_N, MARGIN_DPO = 1.5, 1.0
-"""How far P must move, about half of what the preset's runs moved it (2026-12-08, docs/alma.md): best-of-N, M1a
-3.31 -> round 3 6.24 (round 2 6.65); the DPO variant with the inverted rule, M1a 3.31 -> round 2 1.35."""
+MARGIN_ROUND_2, MARGIN_ROUND_3 = 2.0, 1.5
+"""How far P must rise from M1a, set from measured runs of this preset (2026-12-08, docs/alma.md): M1a 3.31; the
+loop as written, round 2 6.65 and round 3 6.24; the same loop picking the lowest score, 4.39 and 5.72. Training on
+more rows that end in EOS shortens the answers whatever the judge prefers, so only round 2 tells the two apart
+(midway: 2.0); round 3's bound checks that the move lasts."""
 DPO_STEPS = 2
 """The DPO variant's steps in round 2: 4 pairs on 2 ranks of micro-batch 2, train.epochs=2."""
 SHORT = RuleConfig(max_chars=16)
@@ -153,13 +155,15 @@ def _p(run_dir: Path, r: int) -> float:
 
 def test_best_of_n_moves_the_model_the_way_its_judge_prefers(published: Path) -> None:
     """The run's judge leads with a rule member that prefers short answers; best-of-N picks them and round r
-    trains on D_1..D_r: round 3's model answers the held-out prompts shorter than M1a, by a margin measured on
-    this preset (docs/alma.md). Fails when the loop selects the lowest score (shown in the note of 2026-12-08)."""
-    selected = pq.read_table(published / "round_003" / "selected").to_pandas()
-    scores = pq.read_table(published / "round_003" / "scores").to_pandas()
-    assert selected.response.str.len().mean() < scores.response.str.len().mean()  # the picks are the short ones
+    trains on D_1..D_r: the held-out answers get shorter than M1a's by margins measured on this preset
+    (docs/alma.md). A loop that picks the lowest score fails both the picks' check and round 2's margin (measured:
+    P 4.39 against 5.31 asked)."""
+    for r in (2, 3):
+        selected = pq.read_table(published / f"round_00{r}" / "selected").to_pandas()
+        scores = pq.read_table(published / f"round_00{r}" / "scores").to_pandas().query("judge_flag == ''")
+        assert selected.response.str.len().mean() < scores.response.str.len().mean(), r  # the picks: the short ones
     p = {r: _p(published, r) for r in (1, 2, 3)}
-    assert p[3] >= p[1] + MARGIN_BEST_OF_N, p
+    assert p[2] >= p[1] + MARGIN_ROUND_2 and p[3] >= p[1] + MARGIN_ROUND_3, p
 
 
 def _margins(model: str, pairs: Any) -> Any:
@@ -197,13 +201,15 @@ def test_the_dpo_variant_trains_m1a_on_best_against_random_pairs(dpo_run: tuple[
     assert set(pq.read_table(r2 / "probe").to_pandas().checkpoint) == {"round_002/dpo"}  # vLLM loads it
 
 
-def test_the_dpo_variant_moves_the_model_the_way_its_inverted_rule_prefers(dpo_run: tuple[Path, dict]) -> None:
-    """The DPO variant's judge leads with the inverted rule (longer is better): its pairs choose the longer answer
-    and DPO from M1a moves round 2's model away from P (short answers), by a margin measured on this preset."""
+def test_the_dpo_variants_pairs_follow_its_inverted_rule(dpo_run: tuple[Path, dict]) -> None:
+    """The DPO variant's judge leads with the inverted rule (longer is better): every pair chooses the longer
+    answer, and round 2's model answers longer than M1a. The second is no proof of the loop on its own: the same
+    DPO with pairs that choose the shorter answer made answers longer still (P 3.31 -> 0.66 against 1.35,
+    docs/alma.md); the pairs' check is what fails then."""
     pairs = pq.read_table(dpo_run[0] / "round_002" / "pairs").to_pandas()
     assert (pairs.chosen.str.len() > pairs.rejected.str.len()).all()
     p = {r: _p(dpo_run[0], r) for r in (1, 2)}
-    assert p[2] <= p[1] - MARGIN_DPO, p
+    assert p[2] < p[1], p
 
 
 def test_bad_inputs_stop_before_any_work(tmp_path: Path, ray_address: str) -> None:

